@@ -1,0 +1,215 @@
+"""Prefect Blocks that say how to reach each target: S3, an IPFS node, the local result server."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from prefect.blocks.core import Block
+from prefect_aws import AwsCredentials, MinIOCredentials
+from pydantic import Field, SecretStr
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["IPFSNode", "LocalResultServer", "S3Storage"]
+
+_DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish#readme"
+_LOGO = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"
+MiB = 1024 * 1024
+
+
+class S3Storage(Block):
+    """How to reach S3 or an S3-compatible store (MinIO first) for publishing and fetching results.
+
+    Credentials come from a nested prefect-aws `AwsCredentials` or `MinIOCredentials` block; without one,
+    boto3's default chain is used (environment variables, `~/.aws/credentials`, instance role). A spec's
+    `Endpoint` / `Region` params override this block's.
+
+    Example:
+        Load a saved block and build an S3 client:
+        ```python
+        from prefect_bacalhau_publish import S3Storage
+
+        s3 = S3Storage.load("BLOCK_NAME")
+        client = s3.get_client()
+        ```
+    """
+
+    _block_type_name = "Bacalhau S3 Storage"
+    _logo_url = _LOGO  # type: ignore[assignment]
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    _description = "S3 or S3-compatible storage (MinIO) for Bacalhau-style result publishing."
+
+    credentials: AwsCredentials | MinIOCredentials | None = Field(
+        default=None,
+        description="A prefect-aws credentials block; empty uses the AWS default credential chain.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO; empty means AWS.",
+    )
+    region_name: str | None = Field(default=None, description="Region of the buckets, e.g. us-east-1.")
+    presign_expiry: timedelta = Field(
+        default=timedelta(hours=1), description="How long presigned download URLs stay valid."
+    )
+    multipart_threshold: int = Field(
+        default=16 * MiB, ge=5 * MiB, description="Objects larger than this many bytes upload in parts."
+    )
+    multipart_chunksize: int = Field(
+        default=16 * MiB, ge=5 * MiB, description="Size in bytes of each part of a multipart upload."
+    )
+    max_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Parallel transfers (parts, or files of a plain result)."
+    )
+
+    def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
+        """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's."""
+        import boto3
+        from botocore.config import Config
+
+        session = self.credentials.get_boto3_session() if self.credentials is not None else boto3.Session()
+        endpoint = endpoint or self.endpoint_url
+        if endpoint is None and self.credentials is not None:
+            endpoint = self.credentials.aws_client_parameters.endpoint_url
+        region = region or self.region_name or session.region_name or "us-east-1"
+        config = Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=max(10, self.max_concurrency * 2),
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if endpoint else None,
+        )
+        client: S3Client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        return client
+
+
+class IPFSNode(Block):
+    """How to reach a Kubo node's RPC API, and which CID profile results are imported with.
+
+    Example:
+        Load a saved block:
+        ```python
+        from prefect_bacalhau_publish import IPFSNode
+
+        node = IPFSNode.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Bacalhau IPFS Node"
+    _logo_url = "https://ipfs.tech/favicon.ico"  # type: ignore[assignment]
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    _description = "A Kubo (IPFS) node's RPC API for Bacalhau-style IPFS publishing."
+
+    api_address: str = Field(
+        default="/ip4/127.0.0.1/tcp/5001",
+        description="The node's RPC API as a multiaddr or an http(s):// URL.",
+    )
+    auth: SecretStr | None = Field(
+        default=None,
+        description="Authorization header value for the RPC API, e.g. 'Bearer TOKEN' or 'Basic ...'.",
+    )
+    gateway_url: str | None = Field(
+        default=None, description="HTTP gateway base URL used for links to published results."
+    )
+    pin: bool = Field(default=True, description="Pin published results on the node.")
+    cid_profile: Literal["unixfs-v1-2025", "unixfs-v0-2015"] = Field(
+        default="unixfs-v1-2025",
+        description="Kubo import profile: unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks) or unixfs-v0-2015.",
+    )
+    timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for one RPC call.")
+
+    @property
+    def api_url(self) -> str:
+        """The RPC API as an http(s) base URL."""
+        return multiaddr_to_url(self.api_address)
+
+
+def multiaddr_to_url(address: str) -> str:
+    """`/ip4/127.0.0.1/tcp/5001` (or `/dns/host/tcp/N/https`) → `http://127.0.0.1:5001`; URLs pass through."""
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    parts = [p for p in address.split("/") if p]
+    if len(parts) < 4 or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp":
+        raise ValueError(f"not an API multiaddr or URL: {address!r}")
+    host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]
+    scheme = "https" if "https" in parts[4:] or "tls" in parts[4:] else "http"
+    return f"{scheme}://{host}:{parts[3]}"
+
+
+def _default_storage_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("prefect-bacalhau-publish")) / "results"
+
+
+_ADDRESS_TYPES = ("private", "public", "loopback", "localhost", "local", "linklocal", "multicast", "any")
+
+
+class LocalResultServer(Block):
+    """Where the local publisher stores archives and how the result server is reached.
+
+    Example:
+        Load a saved block:
+        ```python
+        from prefect_bacalhau_publish import LocalResultServer
+
+        server = LocalResultServer.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Bacalhau Local Result Server"
+    _logo_url = "https://docs.bacalhau.org/favicon.ico"  # type: ignore[assignment]
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    _description = "The local publisher's storage folder and the HTTP server that serves it."
+
+    storage_dir: Path = Field(
+        default_factory=_default_storage_dir, description="Folder the archives are written to and served from."
+    )
+    host: str = Field(default="0.0.0.0", description="Interface the result server listens on.")
+    port: int = Field(default=6001, ge=1, le=65535, description="Port the result server listens on.")
+    public_address: str | None = Field(
+        default=None,
+        description="Host/IP in result URLs, or an address type (private, public, loopback, ...); empty is 127.0.0.1.",
+    )
+    max_age: timedelta | None = Field(default=None, description="Delete results older than this.")
+    max_total_bytes: int | None = Field(
+        default=None, ge=0, description="Delete the oldest results while the folder holds more than this."
+    )
+
+    def resolved_address(self) -> str:
+        """The host that goes into result URLs: a given name/IP, or the first IPv4 of an address type."""
+        value = (self.public_address or "127.0.0.1").strip()
+        kind = value.lower()
+        if kind not in _ADDRESS_TYPES:
+            return value
+        if kind in ("loopback", "localhost", "local"):
+            return "127.0.0.1"
+        return _first_ipv4(kind) or "127.0.0.1"
+
+    def base_url(self) -> str:
+        """`http://<address>:<port>`, the prefix of every result URL."""
+        return f"http://{self.resolved_address()}:{self.port}"
+
+
+def _first_ipv4(kind: str) -> str | None:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        address = ipaddress.IPv4Address(info[4][0])
+        matches = {
+            "private": address.is_private and not address.is_loopback and not address.is_link_local,
+            "public": address.is_global,
+            "linklocal": address.is_link_local,
+            "multicast": address.is_multicast,
+            "any": not address.is_loopback,
+        }
+        if matches.get(kind):
+            return str(address)
+    return None
+

@@ -1,0 +1,1 @@
+"""Kubo (IPFS) building blocks: RPC client, local UnixFS CIDs, CAR reading."""

@@ -1,0 +1,234 @@
+"""The S3 publisher: one streamed tar.gz object (gzip, the default) or one object per file (plain)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import mimetypes
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..archive import write_archive
+from ..blocks import S3Storage
+from ..errors import PublishError, S3PublishError
+from ..naming import render_key
+from ..s3errors import explain
+from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger("prefect_bacalhau_publish.s3")
+
+__all__ = ["publish"]
+
+
+def publish(
+    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: S3Storage | None
+) -> PublishedResult:
+    """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec."""
+    params = spec.s3
+    storage = target if target is not None else S3Storage()
+    endpoint = params.endpoint or storage.endpoint_url
+    client = storage.get_client(params.endpoint, params.region)
+    region = params.region or client.meta.region_name
+    key = render_key(params.key, context=context, archive=params.archived)
+    out: dict[str, Any] = {"Bucket": params.bucket, "Key": key, "Region": region, "Endpoint": endpoint}
+    started = time.perf_counter()
+    try:
+        if params.archived:
+            out.update(_upload_archive(client, storage, result_dir, params.bucket, key))
+        else:
+            count = _upload_plain(client, storage, result_dir, params.bucket, key)
+            logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
+    except (ClientError, BotoCoreError) as exc:
+        raise S3PublishError(explain(exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint)) from exc
+    logger.info("published s3://%s/%s in %.2fs", params.bucket, key, time.perf_counter() - started)
+    return PublishedResult.model_validate({"Type": "s3", "Params": out})
+
+
+class _PartHasher:
+    """A write-only stream that hashes everything written, whole and per part of `part_size` bytes."""
+
+    def __init__(self, sink: Any, part_size: int) -> None:
+        self._sink = sink
+        self._part_size = part_size
+        self._whole = hashlib.sha256()
+        self._part = hashlib.sha256()
+        self._part_fill = 0
+        self.part_digests: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        self._sink.write(view)
+        self._whole.update(view)
+        self.size += len(view)
+        while len(view):
+            take = min(len(view), self._part_size - self._part_fill)
+            self._part.update(view[:take])
+            self._part_fill += take
+            view = view[take:]
+            if self._part_fill == self._part_size:
+                self.part_digests.append(self._part.digest())
+                self._part, self._part_fill = hashlib.sha256(), 0
+        return len(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def checksum(self, multipart: bool) -> str:
+        """S3's ChecksumSHA256: of the bytes (single PUT), or composite of the parts' with `-N`."""
+        if not multipart:
+            return base64.b64encode(self._whole.digest()).decode()
+        digests = list(self.part_digests)
+        if self._part_fill:
+            digests.append(self._part.digest())
+        combined = hashlib.sha256(b"".join(digests)).digest()
+        return f"{base64.b64encode(combined).decode()}-{len(digests)}"
+
+
+class _PipeReader:
+    """The read end of the archive pipe; raises the writer's error instead of a silent early EOF."""
+
+    def __init__(self, fd: int, failed: list[BaseException]) -> None:
+        self._file = os.fdopen(fd, "rb", buffering=1024 * 1024)
+        self._failed = failed
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        if not data and self._failed:
+            raise self._failed[0]
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _upload_archive(
+    client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str
+) -> dict[str, Any]:
+    """Stream the deterministic tar.gz through a pipe into the transfer manager; verify what S3 stored."""
+    config = TransferConfig(
+        multipart_threshold=storage.multipart_threshold,
+        multipart_chunksize=storage.multipart_chunksize,
+        max_concurrency=storage.max_concurrency,
+        use_threads=True,
+    )
+    read_fd, write_fd = os.pipe()
+    failed: list[BaseException] = []
+    writer_file = os.fdopen(write_fd, "wb", buffering=1024 * 1024)
+    hasher = _PartHasher(writer_file, storage.multipart_chunksize)
+
+    def produce() -> None:
+        try:
+            write_archive(result_dir, hasher)  # type: ignore[arg-type]
+            writer_file.flush()
+        except BaseException as exc:  # handed to the reader, which raises it inside the upload
+            failed.append(exc)
+        finally:
+            try:
+                writer_file.close()
+            except OSError as exc:  # the reader is gone: the upload failed and says why
+                failed.append(exc)
+
+    reader = _PipeReader(read_fd, failed)
+    producer = threading.Thread(target=produce, name="pbp-archive", daemon=True)
+    producer.start()
+    try:
+        client.upload_fileobj(
+            reader,  # type: ignore[arg-type]
+            bucket,
+            key,
+            ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": "application/gzip"},
+            Config=config,
+        )
+    except PublishError:
+        raise
+    except Exception as exc:
+        if failed and isinstance(failed[0], PublishError):
+            raise failed[0] from exc
+        raise
+    finally:
+        reader.close()
+        producer.join()
+    if failed:
+        raise failed[0]
+    multipart = hasher.size >= storage.multipart_threshold
+    expected = hasher.checksum(multipart)
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    stored = head.get("ChecksumSHA256", "")
+    if stored != expected:
+        raise S3PublishError(
+            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
+            f"uploaded has {expected}; the key was probably overwritten concurrently, publish again"
+        )
+    logger.info("archive s3://%s/%s: %d bytes, sha256 %s", bucket, key, hasher.size, expected)
+    out: dict[str, Any] = {"ChecksumSHA256": stored}
+    version = head.get("VersionId")
+    if version and version != "null":
+        out["VersionID"] = version
+    return out
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if path.is_symlink() or not path.is_file():
+                raise S3PublishError(
+                    f"publish of {path} refused: plain S3 results hold regular files only (links, devices, "
+                    "FIFOs are not published); remove it or use Encoding gzip"
+                )
+            yield path
+
+
+def _upload_plain(client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, prefix: str) -> int:
+    """Upload every file to `prefix + relative/path` concurrently, each with a SHA-256 checksum.
+
+    On failure, the objects already uploaded are deleted again so no partial result is left behind.
+    """
+    files = list(_walk_files(result_dir))
+    config = TransferConfig(
+        multipart_threshold=storage.multipart_threshold,
+        multipart_chunksize=storage.multipart_chunksize,
+        max_concurrency=4,
+    )
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def upload(path: Path) -> None:
+        key = prefix + path.relative_to(result_dir).as_posix()
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        extra = {"ChecksumAlgorithm": "SHA256", "ContentType": content_type}
+        if path.stat().st_size < storage.multipart_threshold:
+            with open(path, "rb") as body:
+                client.put_object(Bucket=bucket, Key=key, Body=body, **extra)  # type: ignore[arg-type]
+        else:
+            client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
+        with lock:
+            done.append(key)
+
+    try:
+        with ThreadPoolExecutor(max_workers=storage.max_concurrency) as pool:
+            for future in [pool.submit(upload, path) for path in files]:
+                future.result()
+    except BaseException:
+        for start in range(0, len(done), 1000):
+            batch = [{"Key": k} for k in done[start : start + 1000]]
+            try:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
+            except (ClientError, BotoCoreError):
+                logger.warning("could not remove %d partial objects under s3://%s/%s", len(batch), bucket, prefix)
+        raise
+    return len(files)

@@ -1,0 +1,195 @@
+"""The S3 input source, with Bacalhau's semantics (object vs prefix, Filter, VersionID, checksum) and Extract."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..archive import extract_archive
+from ..blocks import S3Storage
+from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
+from ..s3errors import explain
+from ..specs import S3Params, SourceSpec
+from .place import place
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger("prefect_bacalhau_publish.s3")
+
+__all__ = ["fetch", "download_verified"]
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Object:
+    key: str
+    etag: str | None = None
+    version_id: str | None = None
+    is_dir: bool = False
+
+
+def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
+    """Materialise an S3 input at `dest`: one object as a file inside it, a prefix as a tree, or extracted."""
+    params = source.params
+    if not isinstance(params, S3Params):
+        raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
+    storage = target if target is not None else S3Storage()
+    endpoint = params.endpoint or storage.endpoint_url
+    client = storage.get_client(params.endpoint, params.region)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
+            staging = Path(tmp) / "content"
+            staging.mkdir()
+            objects = _explode_key(client, params)
+            if params.extract and not params.is_prefix:
+                if len(objects) != 1 or objects[0].is_dir:
+                    raise FetchError(f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder")
+                archive = Path(tmp) / "archive.tar.gz"
+                with open(archive, "wb") as out:
+                    download_verified(client, params.bucket, objects[0], out, params.checksum_sha256)
+                extract_archive(archive, staging)
+            else:
+                _download_all(client, params, objects, staging, storage.max_concurrency)
+            place(staging, dest)
+    except (ClientError, BotoCoreError) as exc:
+        raise FetchError(explain(exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint)) from exc
+    logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
+    return dest
+
+
+def _parent(dest: Path) -> Path:
+    parent = dest.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
+    """The objects an S3 source names, exactly as Bacalhau's `explodeKey` decides."""
+    if not params.is_prefix:
+        request: dict[str, Any] = {"Bucket": params.bucket, "Key": params.key}
+        if params.version_id:
+            request["VersionId"] = params.version_id
+        if params.checksum_sha256:
+            request["ChecksumMode"] = "ENABLED"
+        head = client.head_object(**request)
+        got = head.get("ChecksumSHA256", "")
+        if params.checksum_sha256 and params.checksum_sha256 != got:
+            raise ChecksumMismatchError(
+                f"checksum mismatch for s3://{params.bucket}/{params.key}, "
+                f"expected {params.checksum_sha256}, got {got}"
+            )
+        if not str(head.get("ContentType", "")).startswith("application/x-directory"):
+            return [_Object(params.key, head.get("ETag"), params.version_id)]
+    prefix = params.key.rstrip("*")
+    pattern = re.compile(params.filter) if params.filter else None
+    found: list[_Object] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=params.bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if pattern is not None and not pattern.search(key[len(prefix) :]):
+                continue
+            found.append(_Object(key, item.get("ETag"), None, key.endswith("/")))
+    return found
+
+
+def _relative(key: str, source_key: str) -> PurePosixPath:
+    """Key relative to the source key's folder (Bacalhau trims the prefix up to its last `/`); refuses escapes."""
+    prefix_tokens = source_key.rstrip("*").split("/")
+    tokens = key.split("/")
+    start = 0
+    for index in range(min(len(prefix_tokens) - 1, len(tokens))):
+        if prefix_tokens[index] != tokens[index]:
+            break
+        start += 1
+    parts = [t for t in tokens[start:] if t not in ("", ".")]
+    if not parts or ".." in parts:
+        raise UnsafeArchiveError(f"refusing object key {key!r}: it does not map to a path inside the input folder")
+    return PurePosixPath(*parts)
+
+
+def _download_all(client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int) -> None:
+    plan: list[tuple[_Object, Path]] = []
+    for obj in objects:
+        plan.append((obj, staging.joinpath(*_relative(obj.key, params.key).parts)))
+    files = [(obj, path) for obj, path in plan if not obj.is_dir]
+    for obj, path in plan:
+        if obj.is_dir:
+            path.mkdir(parents=True, exist_ok=True)
+    paths = [path for _, path in files]
+    if len(set(paths)) != len(paths):
+        raise FetchError(f"s3://{params.bucket}/{params.key} holds keys that map to the same path")
+    for _, path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    checksum = params.checksum_sha256 if not params.is_prefix else None
+
+    def download(item: tuple[_Object, Path]) -> None:
+        obj, path = item
+        with open(path, "wb") as out:
+            download_verified(client, params.bucket, obj, out, checksum)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(download, files))
+
+
+def _body_chunks(body: Any) -> Iterator[bytes]:
+    while chunk := body.read(_CHUNK):
+        yield chunk
+
+
+def download_verified(client: S3Client, bucket: str, obj: _Object, out: BinaryIO, checksum: str | None) -> None:
+    """Download one object pinned to its version and ETag; verify the bytes against `checksum` when given."""
+    request: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
+    if obj.version_id:
+        request["VersionId"] = obj.version_id
+    if obj.etag:
+        request["IfMatch"] = obj.etag
+    part_size = 0
+    if checksum and checksum.rpartition("-")[2].isdigit() and "-" in checksum:
+        part_size = int(client.head_object(**request, PartNumber=1)["ContentLength"])
+    body = client.get_object(**request)["Body"]
+    whole = hashlib.sha256()
+    part = hashlib.sha256()
+    fill = 0
+    digests: list[bytes] = []
+    for chunk in _body_chunks(body):
+        out.write(chunk)
+        if not checksum:
+            continue
+        if not part_size:
+            whole.update(chunk)
+            continue
+        view = memoryview(chunk)
+        while len(view):
+            take = min(len(view), part_size - fill)
+            part.update(view[:take])
+            fill += take
+            view = view[take:]
+            if fill == part_size:
+                digests.append(part.digest())
+                part, fill = hashlib.sha256(), 0
+    if not checksum:
+        return
+    if part_size:
+        if fill:
+            digests.append(part.digest())
+        got = f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
+    else:
+        got = base64.b64encode(whole.digest()).decode()
+    if got != checksum:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to {got}, "
+            f"the spec records {checksum}; the object was altered after publishing"
+        )
+

@@ -1,0 +1,540 @@
+"""Pydantic models in Bacalhau's exact JSON shapes: publisher specs, published results, input sources.
+
+Keys are read case-insensitively (as Bacalhau's decoders do) and written in Bacalhau's spelling
+(`Type`, `Params`, `Bucket`, `VersionID`, ...) by `model_dump(mode="json", by_alias=True, exclude_none=True)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+__all__ = [
+    "EmptyParams",
+    "ExecutionContext",
+    "IPFSParams",
+    "InputSource",
+    "LocalDirectoryParams",
+    "PublishedResult",
+    "PublisherSpec",
+    "ResultPath",
+    "S3Params",
+    "S3PublisherParams",
+    "SourceSpec",
+    "TaskIO",
+    "URLParams",
+    "parse_job_spec",
+    "parse_publisher_string",
+]
+
+
+def _fold_keys(model: type[BaseModel], data: Any) -> Any:
+    """Rename the keys of `data` that match a field alias or name case-insensitively to the alias."""
+    if not isinstance(data, Mapping):
+        return data
+    wanted: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        wanted[alias.lower()] = alias
+        wanted[name.lower()] = alias
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        canonical = wanted.get(str(key).lower(), str(key))
+        if canonical in out:
+            raise ValueError(f"{canonical} is given twice (keys differ only in case)")
+        out[canonical] = value
+    return out
+
+
+class BacalhauModel(BaseModel):
+    """A model whose keys are matched case-insensitively and written with Bacalhau's spelling."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _case_insensitive_keys(cls, data: Any) -> Any:
+        return _fold_keys(cls, data)
+
+    def to_bacalhau(self) -> dict[str, Any]:
+        """This spec as Bacalhau's JSON object."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --------------------------------------------------------------------------------------------- params
+
+
+class EmptyParams(BacalhauModel):
+    """Params of a type that takes none (`ipfs` and `local` publishers)."""
+
+
+class S3PublisherParams(BacalhauModel):
+    """Params of the `s3` publisher."""
+
+    bucket: str = Field(alias="Bucket")
+    key: str = Field(alias="Key")
+    endpoint: str | None = Field(default=None, alias="Endpoint")
+    region: str | None = Field(default=None, alias="Region")
+    encoding: Literal["gzip", "plain"] | None = Field(default=None, alias="Encoding")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_compress(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            compress = next((k for k in data if str(k).lower() == "compress"), None)
+            if compress is not None:
+                value = data.pop(compress)
+                has_encoding = any(str(k).lower() == "encoding" for k in data)
+                if not has_encoding and value not in (None, ""):
+                    flag = value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
+                    data["Encoding"] = "gzip" if flag else "plain"
+        return data
+
+    @field_validator("encoding", mode="before")
+    @classmethod
+    def _encoding(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str) and value.lower() in ("gzip", "plain"):
+            return value.lower()
+        raise ValueError("invalid s3 params. encoding must be either 'plain' or 'gzip'")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid s3 params. bucket cannot be empty")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid s3 params. key cannot be empty")
+        return value
+
+    @property
+    def archived(self) -> bool:
+        """True when results are published as one tar.gz object (`Encoding` gzip, the default)."""
+        return self.encoding != "plain"
+
+
+class S3Params(BacalhauModel):
+    """Params of an `s3` published result and of the `s3` input source."""
+
+    bucket: str = Field(alias="Bucket")
+    key: str = Field(alias="Key")
+    filter: str | None = Field(default=None, alias="Filter")
+    region: str | None = Field(default=None, alias="Region")
+    endpoint: str | None = Field(default=None, alias="Endpoint")
+    version_id: str | None = Field(default=None, alias="VersionID")
+    checksum_sha256: str | None = Field(default=None, alias="ChecksumSHA256")
+    extract: bool | None = Field(default=None, alias="Extract")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid s3 storage params: bucket cannot be empty")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid s3 storage params: key cannot be empty")
+        return value
+
+    @field_validator("filter", "region", "endpoint", "version_id", "checksum_sha256", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @property
+    def is_prefix(self) -> bool:
+        """True when Key names a prefix (ends in `/` or `*`), as Bacalhau's S3 source decides."""
+        return self.key.endswith(("/", "*"))
+
+
+class IPFSParams(BacalhauModel):
+    """Params of an `ipfs` published result and input source."""
+
+    cid: str = Field(alias="CID")
+
+    @field_validator("cid")
+    @classmethod
+    def _cid(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid ipfs params: CID cannot be empty")
+        return value
+
+
+class URLParams(BacalhauModel):
+    """Params of a `urlDownload` published result (the local publisher's) and input source."""
+
+    url: str = Field(alias="URL")
+    extract: bool | None = Field(default=None, alias="Extract")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlparse(value).scheme not in ("http", "https"):
+            raise ValueError(f"invalid urlDownload params: URL must be http(s), got {value!r}")
+        return value
+
+
+class LocalDirectoryParams(BacalhauModel):
+    """Params of a `localDirectory` input source."""
+
+    source_path: str = Field(alias="SourcePath")
+    read_write: bool | None = Field(default=None, alias="ReadWrite")
+
+
+# ---------------------------------------------------------------------------------------- type specs
+
+_PUBLISHER_PARAMS: dict[str, type[BacalhauModel]] = {
+    "s3": S3PublisherParams,
+    "ipfs": EmptyParams,
+    "local": EmptyParams,
+}
+_RESULT_PARAMS: dict[str, type[BacalhauModel]] = {
+    "s3": S3Params,
+    "ipfs": IPFSParams,
+    "urlDownload": URLParams,
+}
+_SOURCE_PARAMS: dict[str, type[BacalhauModel]] = {
+    **_RESULT_PARAMS,
+    "localDirectory": LocalDirectoryParams,
+}
+
+
+def _canonical_type(kind: str, value: Any, table: Mapping[str, type[BacalhauModel]]) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{kind} Type is missing; supported types: {', '.join(table)}")
+    for name in table:
+        if name.lower() == value.strip().lower():
+            return name
+    raise ValueError(f"unsupported {kind} type {value!r}; supported types: {', '.join(table)}")
+
+
+class _TypedSpec(BacalhauModel):
+    """`{"Type": ..., "Params": {...}}` with Params validated by the model registered for Type."""
+
+    _kind: ClassVar[str]
+    _table: ClassVar[Mapping[str, type[BacalhauModel]]]
+
+    type: str = Field(alias="Type")
+    params: SerializeAsAny[BacalhauModel] = Field(default_factory=EmptyParams, alias="Params")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        data = _fold_keys(cls, data)
+        if isinstance(data, BaseModel):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a {cls._kind} spec must be an object with Type and Params")
+        data = dict(data)
+        kind = _canonical_type(cls._kind, data.get("Type"), cls._table)
+        data["Type"] = kind
+        params = data.get("Params")
+        params_model = cls._table[kind]
+        if params is None:
+            params = {}
+        if not isinstance(params, params_model):
+            try:
+                data["Params"] = params_model.model_validate(params)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"Params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                    for err in exc.errors()
+                )
+                raise ValueError(f"invalid {kind} {cls._kind} spec: {problems}") from None
+        return data
+
+
+
+class PublisherSpec(_TypedSpec):
+    """Where a job's results go: Bacalhau's publisher `{"Type": "s3"|"ipfs"|"local", "Params": {...}}`."""
+
+    _kind = "publisher"
+    _table = _PUBLISHER_PARAMS
+
+    @property
+    def s3(self) -> S3PublisherParams:
+        """The S3 params; raises SpecError for another type."""
+        if not isinstance(self.params, S3PublisherParams):
+            raise SpecError(f"invalid publisher type. expected s3, but received: {self.type}")
+        return self.params
+
+
+class SourceSpec(_TypedSpec):
+    """Bacalhau's storage source `{"Type": "s3"|"ipfs"|"urlDownload"|"localDirectory", "Params": {...}}`."""
+
+    _kind = "input source"
+    _table = _SOURCE_PARAMS
+
+
+class PublishedResult(_TypedSpec):
+    """Where a published result now lives: `s3` (Bucket, Key, ...), `ipfs` (CID) or `urlDownload` (URL)."""
+
+    _kind = "published result"
+    _table = _RESULT_PARAMS
+
+    @property
+    def archived(self) -> bool:
+        """True when the result is one tar.gz (S3 gzip, local); False for an S3 prefix or an IPFS folder."""
+        if isinstance(self.params, S3Params):
+            return not self.params.is_prefix
+        return isinstance(self.params, URLParams)
+
+    def to_input_source(self, target: str, *, alias: str | None = None) -> InputSource:
+        """The input source that hands this result to the next job at `target` (archives get `Extract`)."""
+        params = self.params
+        if isinstance(params, S3Params):
+            source_params: BacalhauModel = params.model_copy(update={"extract": True if self.archived else None})
+        elif isinstance(params, URLParams):
+            source_params = params.model_copy(update={"extract": True})
+        else:
+            source_params = params
+        source = SourceSpec(type=self.type, params=source_params)
+        return InputSource(alias=alias, source=source, target=target)
+
+
+class InputSource(BacalhauModel):
+    """Bacalhau's `{"Alias"?: ..., "Source": {"Type": ..., "Params": ...}, "Target": "/inputs/..."}`."""
+
+    alias: str | None = Field(default=None, alias="Alias")
+    source: SourceSpec = Field(alias="Source")
+    target: str = Field(alias="Target")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        parts = [p for p in value.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts:
+            raise ValueError("input source Target cannot be empty or '/'")
+        if ".." in parts:
+            raise ValueError(f"input source Target must not contain '..': {value!r}")
+        return value
+
+    @property
+    def relative_target(self) -> str:
+        """Target with its leading `/` dropped, the path under a job's working folder."""
+        return "/".join(p for p in self.target.split("/") if p not in ("", "."))
+
+
+class ResultPath(BacalhauModel):
+    """Bacalhau's `{"Name": "outputs", "Path": "/outputs"}`."""
+
+    name: str = Field(alias="Name", min_length=1)
+    path: str = Field(alias="Path", min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"result path must be absolute, got {value!r}")
+        return value
+
+
+class TaskIO(BacalhauModel):
+    """What one task of a Bacalhau job spec publishes and reads."""
+
+    publisher: PublisherSpec | None = Field(default=None, alias="Publisher")
+    inputs: list[InputSource] = Field(default_factory=list, alias="InputSources")
+    result_paths: list[ResultPath] = Field(default_factory=list, alias="ResultPaths")
+
+
+class ExecutionContext(BaseModel):
+    """Who published and when: fills the key placeholders (SPEC §1, §4)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    execution_id: str
+    node_id: str
+    published_at: datetime
+
+    @field_validator("published_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        job_id: str | None = None,
+        execution_id: str | None = None,
+        node_id: str | None = None,
+        published_at: datetime | None = None,
+    ) -> Self:
+        """A context with SPEC §1 defaults for whatever is not given, outside any Prefect run."""
+        return cls(
+            job_id=job_id or f"j-{uuid.uuid4()}",
+            execution_id=execution_id or f"e-{uuid.uuid4()}",
+            node_id=node_id or f"n-{socket.gethostname()}",
+            published_at=published_at or datetime.now(UTC),
+        )
+
+    @classmethod
+    def current(cls, **overrides: Any) -> Self:
+        """A context for the running Prefect task: job = `j-<task run id>`, a fresh execution per attempt."""
+        job_id = overrides.pop("job_id", None)
+        if job_id is None:
+            from prefect.context import TaskRunContext
+
+            ctx = TaskRunContext.get()
+            if ctx is not None:
+                job_id = f"j-{ctx.task_run.id}"
+        return cls.new(job_id=job_id, **overrides)
+
+
+# ------------------------------------------------------------------------------------------ parsers
+
+
+def parse_publisher_string(text: str) -> PublisherSpec:
+    """Read Bacalhau's CLI `-p` syntax: `ipfs`, `local`, `s3://bucket/key,opt=endpoint=...,opt=region=...`."""
+    try:
+        fields = next(csv.reader([text.strip()]))
+    except (csv.Error, StopIteration) as exc:
+        raise SpecError(f"invalid publisher: {text!r}: {exc}") from exc
+    destination = ""
+    options: dict[str, str] = {}
+    for index, field in enumerate(fields):
+        if "=" not in field:
+            if index == 0:
+                destination = field
+                continue
+            raise SpecError(f"invalid publisher option: {field}. Must be a key=value pair")
+        name, value = field.split("=", 1)
+        if name in ("target", "dst", "destination"):
+            destination = value
+        elif name in ("opt", "option"):
+            if "=" not in value:
+                raise SpecError(f"invalid publisher option: {field}. Must be opt=key=value")
+            key, option_value = value.split("=", 1)
+            options[key] = option_value
+        else:
+            raise SpecError(f"invalid publisher option: {field}")
+    parsed = urlparse(destination)
+    scheme = (parsed.scheme or destination).lower()
+    params: dict[str, Any] = {}
+    if scheme == "s3":
+        params["bucket"] = parsed.netloc
+        params["key"] = parsed.path.lstrip("/")
+    elif scheme not in ("ipfs", "local"):
+        raise SpecError(f"unknown publisher type: {scheme or destination!r}; supported: s3://bucket/key, ipfs, local")
+    params.update(options)
+    try:
+        return PublisherSpec.model_validate({"Type": scheme, "Params": params})
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def parse_input_string(text: str, target: str | None = None) -> InputSource:
+    """Read Bacalhau's CLI `-i` syntax: `s3://bucket/key[,opt=k=v...][,dst=/inputs/x]`, `ipfs://CID`, URL."""
+    fields = next(csv.reader([text.strip()]))
+    uri, options = fields[0], {}
+    for field in fields[1:]:
+        name, _, value = field.partition("=")
+        if name in ("target", "dst", "destination"):
+            target = value
+        elif name in ("opt", "option") and "=" in value:
+            key, option_value = value.split("=", 1)
+            options[key] = option_value
+        else:
+            raise SpecError(f"invalid input option: {field}")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        params: dict[str, Any] = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/"), **options}
+        kind = "s3"
+    elif parsed.scheme == "ipfs":
+        params, kind = {"CID": parsed.netloc or parsed.path.lstrip("/"), **options}, "ipfs"
+    elif parsed.scheme in ("http", "https"):
+        params, kind = {"URL": uri, **options}, "urlDownload"
+    else:
+        raise SpecError(f"unknown input source: {uri!r}; supported: s3://, ipfs://, http(s)://")
+    try:
+        return InputSource.model_validate(
+            {"Source": {"Type": kind, "Params": params}, "Target": target or "/inputs"}
+        )
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _get(mapping: Mapping[str, Any], name: str) -> Any:
+    for key, value in mapping.items():
+        if str(key).lower() == name.lower():
+            return value
+    return None
+
+
+def parse_job_spec(text: str) -> dict[str, TaskIO]:
+    """Read the Publisher / InputSources / ResultPaths of each task of a Bacalhau v1 job spec (YAML or JSON)."""
+    try:
+        document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"job spec is neither valid JSON nor YAML: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise SpecError("job spec must be a mapping with a Tasks list")
+    job = _get(document, "Job") if _get(document, "Tasks") is None else document
+    tasks = _get(job, "Tasks") if isinstance(job, Mapping) else None
+    if not isinstance(tasks, list) or not tasks:
+        raise SpecError("job spec has no Tasks")
+    out: dict[str, TaskIO] = {}
+    for index, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            raise SpecError(f"Tasks[{index}] must be a mapping")
+        name = _get(task, "Name") or f"task-{index}"
+        if name in out:
+            raise SpecError(f"Tasks[{index}]: task name {name!r} is used twice")
+        try:
+            io = TaskIO.model_validate(
+                {
+                    "Publisher": _get(task, "Publisher") or None,
+                    "InputSources": _get(task, "InputSources") or [],
+                    "ResultPaths": _get(task, "ResultPaths") or [],
+                }
+            )
+        except ValueError as exc:
+            raise SpecError(f"Tasks[{index}] ({name}): {exc}") from exc
+        names = [p.name for p in io.result_paths]
+        if len(set(names)) != len(names):
+            raise SpecError(f"Tasks[{index}] ({name}): ResultPaths names must be unique")
+        out[str(name)] = io
+    return out
+
+
+def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> PublishedResult:
+    """A published result from a JSON/YAML text, a file path holding one, or an already-parsed object."""
+    if isinstance(obj, Mapping):
+        data: Any = obj
+    else:
+        if isinstance(obj, os.PathLike):
+            with open(obj, encoding="utf-8") as handle:
+                text = handle.read()
+        else:
+            text = obj.decode() if isinstance(obj, bytes) else obj
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"published result is neither JSON nor YAML: {exc}") from exc
+    try:
+        return PublishedResult.model_validate(data)
+    except ValueError as exc:
+        raise SpecError(f"invalid published result: {exc}") from exc

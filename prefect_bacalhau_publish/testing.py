@@ -1,0 +1,230 @@
+"""Real MinIO and Kubo servers on 127.0.0.1 for tests, benchmarks and the demo.
+
+The binaries are built once by `scripts/test-servers` into a cache folder outside the clone
+(`$PBP_SERVERS_DIR`, else `${XDG_CACHE_HOME:-~/.cache}/prefect-bacalhau-publish/bin`).
+A server that cannot start raises `ServerStartError` with the tail of its log: never a silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+MINIO_USER = "pbp-test-user"
+MINIO_PASSWORD = "pbp-test-password-0123456789"  # a throwaway value for throwaway local servers
+STARTUP_TIMEOUT = 90.0
+
+
+class ServerStartError(RuntimeError):
+    """A test server binary is missing or the server did not become ready."""
+
+
+def binary_dir() -> Path:
+    """The cache folder holding the `minio` and `ipfs` binaries."""
+    override = os.environ.get("PBP_SERVERS_DIR")
+    if override:
+        return Path(override)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "prefect-bacalhau-publish" / "bin"
+
+
+def binary(name: str) -> Path:
+    """Path of a cached server binary; raises ServerStartError when it has not been built."""
+    path = binary_dir() / name
+    if not os.access(path, os.X_OK):
+        raise ServerStartError(f"{path} is missing: run scripts/test-servers (make test does) to build it")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path, probe: httpx.Request) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerStartError(f"{name} exited with {proc.returncode}:\n{_log_tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.send(probe).status_code == 200:
+                    return
+            time.sleep(0.1)  # poll interval, not synchronisation: readiness is the health answer
+    proc.kill()
+    raise ServerStartError(f"{name} not ready after {STARTUP_TIMEOUT:.0f}s:\n{_log_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@dataclass
+class MinioServer:
+    """A single-drive MinIO server on 127.0.0.1 with its data in `data_dir`."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    console_port: int = field(default_factory=free_port)
+    user: str = MINIO_USER
+    password: str = MINIO_PASSWORD
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server's output goes."""
+        return self.data_dir.parent / f"minio-{self.port}.log"
+
+    def start(self) -> MinioServer:
+        """Start the server and wait for `/minio/health/live`."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "MINIO_ROOT_USER": self.user,
+            "MINIO_ROOT_PASSWORD": self.password,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "MINIO_CALLHOME_ENABLE": "off",
+        }
+        cmd = [
+            str(binary("minio")),
+            "server",
+            str(self.data_dir),
+            "--address",
+            f"127.0.0.1:{self.port}",
+            "--console-address",
+            f"127.0.0.1:{self.console_port}",
+            "--quiet",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        probe = httpx.Request("GET", f"{self.endpoint}/minio/health/live")
+        _wait_ready("MinIO", self.proc, self.log_path, probe)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (its data stays in `data_dir`)."""
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def client(self) -> object:
+        """A boto3 S3 client for this server, signed with the root credentials."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.user,
+            aws_secret_access_key=self.password,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+        )
+
+
+@dataclass
+class KuboServer:
+    """A Kubo (`ipfs`) daemon, offline, everything on 127.0.0.1, its repo in `repo_dir`."""
+
+    repo_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    api_url: str = ""
+    gateway_url: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        """Where the daemon's output goes."""
+        return self.repo_dir.parent / f"kubo-{self.repo_dir.name}.log"
+
+    def _ipfs(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "IPFS_PATH": str(self.repo_dir)}
+        return subprocess.run([str(binary("ipfs")), *args], env=env, capture_output=True, check=False)
+
+    def start(self) -> KuboServer:
+        """Init a repo with the `test` profile on free loopback ports and start `ipfs daemon --offline`."""
+        if not (self.repo_dir / "config").exists():
+            done = self._ipfs("init", "--profile", "test")
+            if done.returncode != 0:
+                raise ServerStartError(f"ipfs init failed: {done.stderr.decode(errors='replace')}")
+        api, gateway = free_port(), free_port()
+        for key, value in (
+            ("Addresses.API", f"/ip4/127.0.0.1/tcp/{api}"),
+            ("Addresses.Gateway", f"/ip4/127.0.0.1/tcp/{gateway}"),
+        ):
+            done = self._ipfs("config", key, value)
+            if done.returncode != 0:
+                raise ServerStartError(f"ipfs config {key} failed: {done.stderr.decode(errors='replace')}")
+        (self.repo_dir / "api").unlink(missing_ok=True)
+        env = {**os.environ, "IPFS_PATH": str(self.repo_dir)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(binary("ipfs")), "daemon", "--offline"], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self.api_url = f"http://127.0.0.1:{api}"
+        self.gateway_url = f"http://127.0.0.1:{gateway}"
+        probe = httpx.Request("POST", f"{self.api_url}/api/v0/version")
+        _wait_ready("Kubo", self.proc, self.log_path, probe)
+        return self
+
+    @property
+    def api_multiaddr(self) -> str:
+        """The RPC API address as Kubo writes it into `$IPFS_PATH/api`."""
+        return (self.repo_dir / "api").read_text().strip()
+
+    def stop(self) -> None:
+        """Stop the daemon."""
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@contextlib.contextmanager
+def running_minio(base: Path | None = None) -> Iterator[MinioServer]:
+    """Start a MinIO server in a temp folder for the duration of the block."""
+    with tempfile.TemporaryDirectory(prefix="pbp-minio-", dir=base) as tmp:
+        server = MinioServer(Path(tmp) / "data").start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def running_kubo(base: Path | None = None) -> Iterator[KuboServer]:
+    """Start a Kubo daemon in a temp folder for the duration of the block."""
+    with tempfile.TemporaryDirectory(prefix="pbp-kubo-", dir=base) as tmp:
+        server = KuboServer(Path(tmp) / "repo").start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
