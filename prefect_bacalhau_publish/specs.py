@@ -58,6 +58,16 @@ def _fold_keys(model: type[BaseModel], data: Any) -> Any:
     return out
 
 
+def describe(exc: ValidationError, prefix: str = "") -> str:
+    """A ValidationError as `Field.Path: message; ...`, one line."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in (prefix, *err["loc"]) if part != "")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
 class BacalhauModel(BaseModel):
     """A model whose keys are matched case-insensitively and written with Bacalhau's spelling."""
 
@@ -136,7 +146,7 @@ class S3Params(BacalhauModel):
     """Params of an `s3` published result and of the `s3` input source."""
 
     bucket: str = Field(alias="Bucket")
-    key: str = Field(alias="Key")
+    key: str = Field(default="", alias="Key")
     filter: str | None = Field(default=None, alias="Filter")
     region: str | None = Field(default=None, alias="Region")
     endpoint: str | None = Field(default=None, alias="Endpoint")
@@ -151,13 +161,6 @@ class S3Params(BacalhauModel):
             raise ValueError("invalid s3 storage params: bucket cannot be empty")
         return value
 
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("invalid s3 storage params: key cannot be empty")
-        return value
-
     @field_validator("filter", "region", "endpoint", "version_id", "checksum_sha256", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
@@ -165,8 +168,8 @@ class S3Params(BacalhauModel):
 
     @property
     def is_prefix(self) -> bool:
-        """True when Key names a prefix (ends in `/` or `*`), as Bacalhau's S3 source decides."""
-        return self.key.endswith(("/", "*"))
+        """True when Key names a prefix (empty, or ends in `/` or `*`), as Bacalhau's S3 source decides."""
+        return not self.key or self.key.endswith(("/", "*"))
 
 
 class IPFSParams(BacalhauModel):
@@ -258,11 +261,7 @@ class _TypedSpec(BacalhauModel):
             try:
                 data["Params"] = params_model.model_validate(params)
             except ValidationError as exc:
-                problems = "; ".join(
-                    f"Params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-                    for err in exc.errors()
-                )
-                raise ValueError(f"invalid {kind} {cls._kind} spec: {problems}") from None
+                raise ValueError(f"invalid {kind} {cls._kind} spec: {describe(exc, 'Params')}") from None
         return data
 
 
@@ -442,8 +441,8 @@ def parse_publisher_string(text: str) -> PublisherSpec:
     params.update(options)
     try:
         return PublisherSpec.model_validate({"Type": scheme, "Params": params})
-    except ValueError as exc:
-        raise SpecError(str(exc)) from exc
+    except ValidationError as exc:
+        raise SpecError(describe(exc)) from exc
 
 
 def parse_input_string(text: str, target: str | None = None) -> InputSource:
@@ -473,8 +472,8 @@ def parse_input_string(text: str, target: str | None = None) -> InputSource:
         return InputSource.model_validate(
             {"Source": {"Type": kind, "Params": params}, "Target": target or "/inputs"}
         )
-    except ValueError as exc:
-        raise SpecError(str(exc)) from exc
+    except ValidationError as exc:
+        raise SpecError(describe(exc)) from exc
 
 
 def _get(mapping: Mapping[str, Any], name: str) -> Any:
@@ -511,8 +510,8 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
                     "ResultPaths": _get(task, "ResultPaths") or [],
                 }
             )
-        except ValueError as exc:
-            raise SpecError(f"Tasks[{index}] ({name}): {exc}") from exc
+        except ValidationError as exc:
+            raise SpecError(f"Tasks[{index}] ({name}): {describe(exc)}") from exc
         names = [p.name for p in io.result_paths]
         if len(set(names)) != len(names):
             raise SpecError(f"Tasks[{index}] ({name}): ResultPaths names must be unique")
@@ -536,5 +535,5 @@ def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Publ
             raise SpecError(f"published result is neither JSON nor YAML: {exc}") from exc
     try:
         return PublishedResult.model_validate(data)
-    except ValueError as exc:
-        raise SpecError(f"invalid published result: {exc}") from exc
+    except ValidationError as exc:
+        raise SpecError(f"invalid published result: {describe(exc)}") from exc

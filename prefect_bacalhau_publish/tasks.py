@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
@@ -84,7 +85,7 @@ def record_published(
     return key
 
 
-@task(name="publish_result", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(name="publish_result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
 def publish_result(
     result_dir: Path | str,
     spec: PublisherSpec | Mapping[str, Any] | str,
@@ -113,7 +114,7 @@ def publish_result(
     return result
 
 
-@task(name="fetch_inputs", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(name="fetch_inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
 def fetch_inputs(
     inputs: Sequence[InputSource],
     root: Path | str,
@@ -143,7 +144,7 @@ def resolve_result(result: PublishedResult | Mapping[str, Any] | str | Path) -> 
     return load_artifact_result(text)
 
 
-@task(name="get_result", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(name="get_result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
 def get_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
     dest: Path | str,
@@ -172,7 +173,7 @@ def _parent(dest: Path) -> Path:
     return parent
 
 
-@task(name="run_job", retries=1, retry_delay_seconds=[2], retry_condition_fn=_retry_transient)
+@task(name="run_job", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[2], retry_condition_fn=_retry_transient)
 def run_job(
     command: JobCommand,
     *,
