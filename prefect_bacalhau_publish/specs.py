@@ -476,6 +476,13 @@ def parse_input_string(text: str, target: str | None = None) -> InputSource:
         raise SpecError(describe(exc)) from exc
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def _get(mapping: Mapping[str, Any], name: str) -> Any:
     for key, value in mapping.items():
         if str(key).lower() == name.lower():
@@ -487,8 +494,10 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
     """Read the Publisher / InputSources / ResultPaths of each task of a Bacalhau v1 job spec (YAML or JSON)."""
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    except json.JSONDecodeError as exc:
         raise SpecError(f"job spec is neither valid JSON nor YAML: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"job spec is neither valid JSON nor YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(document, Mapping):
         raise SpecError("job spec must be a mapping with a Tasks list")
     job = _get(document, "Job") if _get(document, "Tasks") is None else document
@@ -532,7 +541,7 @@ def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Publ
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SpecError(f"published result is neither JSON nor YAML: {exc}") from exc
+            raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from exc
     try:
         return PublishedResult.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,130 @@
+"""`prefect-bacalhau` as a user runs it: a real process, real MinIO, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_bacalhau_publish.testing import MinioServer
+
+from .test_s3 import tree
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect_bacalhau_publish.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+        timeout=300,
+    )
+
+
+@pytest.fixture()
+def aws_env(minio: MinioServer) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": minio.user, "AWS_SECRET_ACCESS_KEY": minio.password, "AWS_REGION": "us-east-1"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "plain"])
+def test_publish_then_get(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path, encoding: str) -> None:
+    target = f"s3://{bucket}/cli/{{jobID}},opt=endpoint={minio.endpoint},opt=encoding={encoding}"
+    done = cli("publish", str(result_dir), "-p", target, "--job-id", "j-cli", env=aws_env)
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)
+    assert spec["Params"]["Key"] == ("cli/j-cli.tar.gz" if encoding == "gzip" else "cli/j-cli/")
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    dest = tmp_path / "got"
+    done = cli("get", str(spec_file), "-o", str(dest), env=aws_env)
+    assert done.returncode == 0, done.stderr
+    assert tree(dest) == tree(result_dir)
+
+
+def test_get_refuses_non_empty_destination_unless_force(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    done = cli("publish", str(result_dir), "-p", f"s3://{bucket}/f,opt=endpoint={minio.endpoint}", env=aws_env)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(done.stdout)  # JSON is YAML
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    refused = cli("get", str(spec_file), "-o", str(dest), env=aws_env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0
+    assert "not empty" in refused.stderr and "--force" in refused.stderr
+    assert tree(dest) == {"keep.txt": b"mine"}
+    forced = cli("get", str(spec_file), "-o", str(dest), "--force", env=aws_env)
+    assert forced.returncode == 0, forced.stderr
+    assert tree(dest) == tree(result_dir)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"Type": "s3", "Params": {"Key": "x"}}', "Params.Bucket: Field required"),
+        ('{"Type": "noop"}', "unsupported published result type 'noop'"),
+        ("[1, 2", "neither JSON nor YAML"),
+    ],
+)
+def test_get_bad_spec_one_line_error(tmp_path: Path, content: str, message: str) -> None:
+    spec_file = tmp_path / "bad.json"
+    spec_file.write_text(content)
+    done = cli("get", str(spec_file), "-o", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_get_wrong_credentials_loses_nothing(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    done = cli("publish", str(result_dir), "-p", f"s3://{bucket}/w,opt=endpoint={minio.endpoint}", env=aws_env)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(done.stdout)
+    secret = "wrong-secret-9d8c7b"
+    failed = cli("get", str(spec_file), "-o", str(tmp_path / "out"), env={**aws_env, "AWS_SECRET_ACCESS_KEY": secret})
+    assert failed.returncode == 1
+    assert "access denied" in failed.stderr and secret not in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result", "spec.json"]  # no output, no staging
+
+
+def test_publish_bad_target(result_dir: Path) -> None:
+    done = cli("publish", str(result_dir), "-p", "gcs://bucket/key")
+    assert done.returncode == 1
+    assert "unknown publisher type: 'gcs'" in done.stderr
+
+
+def test_get_flow_run_merges_results(prefect_server: None, s3_storage: Any, bucket: str, tmp_path: Path) -> None:
+    from prefect import flow
+
+    from prefect_bacalhau_publish import run_job
+    from prefect_bacalhau_publish.cli import app
+
+    @flow
+    def two_jobs() -> None:
+        for name in ("one", "two"):
+            run_job(f"echo {name}; echo {name} > outputs/{name}.txt", publisher=f"s3://{bucket}/m/{{jobID}}", s3=s3_storage)
+
+    state = two_jobs(return_state=True)
+    assert state.is_completed()
+    run_id = str(state.state_details.flow_run_id)
+    s3_storage.save("cli-merge-s3", overwrite=True)
+    dest = tmp_path / "merged"
+    with pytest.raises(SystemExit) as ended:
+        app(["get", run_id, "-o", str(dest), "--s3-block", "cli-merge-s3"])
+    assert ended.value.code in (0, None)
+    assert (dest / "stdout").read_text() == "one\ntwo\n"
+    assert (dest / "exitCode").read_text() == "00"
+    assert (dest / "outputs" / "one.txt").read_text() == "one\n"
+    assert (dest / "outputs" / "two.txt").read_text() == "two\n"
+    raw = tmp_path / "raw"
+    with pytest.raises(SystemExit):
+        app(["get", run_id, "-o", str(raw), "--raw", "--s3-block", "cli-merge-s3"])
+    assert sorted(p.name for p in (raw / "raw").iterdir()) == ["0", "1"]
+    assert (raw / "raw" / "1" / "outputs" / "two.txt").read_text() == "two\n"
