@@ -15,7 +15,7 @@ from prefect_bacalhau_publish import PublisherSpec, S3Storage, run_job
 JOB_A = "seq 1 1000 > outputs/numbers.txt && echo 'job A wrote 1000 numbers'"
 JOB_B = (
     "awk '{s += $1} END {print s}' inputs/a/outputs/numbers.txt > outputs/sum.txt"
-    " && cp inputs/a/stdout outputs/job-a-stdout.txt && echo \"job B summed: $(cat outputs/sum.txt)\""
+    ' && cp inputs/a/stdout outputs/job-a-stdout.txt && echo "job B summed: $(cat outputs/sum.txt)"'
 )
 
 

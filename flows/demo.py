@@ -65,10 +65,21 @@ def main() -> int:
         for name, spec in specs.items():
             path = OUT / f"job-{name}.json"
             path.write_text(json.dumps(spec, indent=2) + "\n")
-            print(f"\njob {name.upper()} published to s3://{spec['Params']['Bucket']}/{spec['Params']['Key']}")
+            print(
+                f"\njob {name.upper()} published to s3://{spec['Params']['Bucket']}/{spec['Params']['Key']}"
+            )
             print(json.dumps(spec, indent=2))
         dest = OUT / "job-b"
-        command = [sys.executable, "-m", "prefect_bacalhau_publish.cli", "get", str(OUT / "job-b.json"), "-o", str(dest), "--force"]
+        command = [
+            sys.executable,
+            "-m",
+            "prefect_bacalhau_publish.cli",
+            "get",
+            str(OUT / "job-b.json"),
+            "-o",
+            str(dest),
+            "--force",
+        ]
         print(f"\ndemo: fetching job B's result back: {shlex.join(command[2:])}")
         done = subprocess.run(command, check=False)
         if done.returncode != 0:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 from prefect.artifacts import Artifact, create_link_artifact, create_table_artifact
+from prefect.client.schemas.objects import Artifact as ArtifactResponse
 
 from .errors import FetchError
 from .specs import IPFSParams, PublishedResult, S3Params, URLParams, load_result
@@ -22,7 +23,9 @@ def artifact_key(job_id: str, execution_id: str | None = None) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")[:200]
 
 
-def result_link(result: PublishedResult, *, presigned_url: str | None = None, gateway_url: str | None = None) -> str:
+def result_link(
+    result: PublishedResult, *, presigned_url: str | None = None, gateway_url: str | None = None
+) -> str:
     """Where a person can fetch the result: presigned S3 URL, IPFS gateway URL, or the local server URL."""
     params = result.params
     if isinstance(params, URLParams):
@@ -67,7 +70,9 @@ def record_result(
 def spec_from_description(description: str | None) -> PublishedResult:
     """The published result embedded in an artifact description."""
     if not description or _SPEC_MARKER not in description:
-        raise FetchError("that artifact holds no published result spec (was it made by prefect-bacalhau-publish?)")
+        raise FetchError(
+            "that artifact holds no published result spec (was it made by prefect-bacalhau-publish?)"
+        )
     body = description.split(_SPEC_MARKER, 1)[1]
     match = re.search(r"```json\n(.*?)\n```", body, re.DOTALL)
     if match is None:
@@ -77,7 +82,9 @@ def spec_from_description(description: str | None) -> PublishedResult:
 
 def load_artifact_result(key: str) -> PublishedResult:
     """The latest published result recorded under artifact `key`."""
-    artifact = Artifact.get(key)
+    artifact = cast(ArtifactResponse | None, Artifact.get(key, _sync=True))  # type: ignore[call-arg]
     if artifact is None:
-        raise FetchError(f"no artifact with key {key!r} on the Prefect server: check the key in the Artifacts page")
+        raise FetchError(
+            f"no artifact with key {key!r} on the Prefect server: check the key in the Artifacts page"
+        )
     return spec_from_description(artifact.description)

@@ -167,7 +167,8 @@ class LocalResultServer(Block):
     _description = "The local publisher's storage folder and the HTTP server that serves it."
 
     storage_dir: Path = Field(
-        default_factory=_default_storage_dir, description="Folder the archives are written to and served from."
+        default_factory=_default_storage_dir,
+        description="Folder the archives are written to and served from.",
     )
     host: str = Field(default="0.0.0.0", description="Interface the result server listens on.")
     port: int = Field(default=6001, ge=1, le=65535, description="Port the result server listens on.")
@@ -212,4 +213,3 @@ def _first_ipv4(kind: str) -> str | None:
         if matches.get(kind):
             return str(address)
     return None
-

@@ -46,7 +46,8 @@ def _flow_run_results(run_id: uuid.UUID) -> list[PublishedResult]:
         async with get_client() as client:
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["table"])
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                    type=ArtifactFilterType(any_=["table"]),
                 )
             )
 
@@ -190,7 +191,9 @@ def publish(
 
     spec = parse_publisher_string(target)
     with err.status(f"publishing {folder} to {spec.type}"):
-        result = publish_to(folder, spec, ExecutionContext.new(job_id=job_id), **_blocks(s3_block, ipfs_block, local_block))
+        result = publish_to(
+            folder, spec, ExecutionContext.new(job_id=job_id), **_blocks(s3_block, ipfs_block, local_block)
+        )
     out.print_json(json.dumps(result.to_bacalhau()))
 
 

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import tempfile
 import traceback
-from datetime import UTC, datetime
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec
 
 __all__ = ["JobResult", "execute_job", "fetch_all"]
 
-DEFAULT_RESULT_PATHS = (ResultPath(name="outputs", path="/outputs"),)
+DEFAULT_RESULT_PATHS = (ResultPath.model_validate({"Name": "outputs", "Path": "/outputs"}),)
 MAX_STREAM_BYTES = 1024 * 1024 * 1024
 JobCommand = str | Sequence[str] | Callable[[Path], Any]
 
@@ -46,7 +46,9 @@ def fetch_all(inputs: Sequence[InputSource], root: Path, **blocks: Any) -> dict[
     for index, target in enumerate(targets):
         for other in targets[index + 1 :]:
             if other == target or other.startswith(target + "/") or target.startswith(other + "/"):
-                raise PublishError(f"input targets overlap: /{target} and /{other}; give each input its own Target")
+                raise PublishError(
+                    f"input targets overlap: /{target} and /{other}; give each input its own Target"
+                )
     for source in inputs:
         dest = root / source.relative_target
         out[source.target] = fetch_source(source.source, dest, **blocks)

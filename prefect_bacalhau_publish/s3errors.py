@@ -11,7 +11,14 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+}
 _MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
 _TRANSIENT = {
     "InternalError",
@@ -41,13 +48,17 @@ def is_transient(exc: BaseException) -> bool:
     return error_code(cause) in _TRANSIENT
 
 
-def explain(exc: BaseException, *, action: str, bucket: str, key: str | None = None, endpoint: str | None) -> str:
+def explain(
+    exc: BaseException, *, action: str, bucket: str, key: str | None = None, endpoint: str | None
+) -> str:
     """`<action> s3://bucket/key failed: <reason>. <what to do>`; never includes credentials."""
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     at = f" at {endpoint}" if endpoint else ""
     code = error_code(exc)
     if isinstance(exc, NoCredentialsError):
-        hint = "no S3 credentials found: set a credentials block on S3Storage or the AWS_* environment variables"
+        hint = (
+            "no S3 credentials found: set a credentials block on S3Storage or the AWS_* environment variables"
+        )
     elif isinstance(exc, EndpointConnectionError):
         hint = f"cannot reach the S3 endpoint{at}: check Endpoint and that the server is running"
     elif code == "NoSuchBucket":

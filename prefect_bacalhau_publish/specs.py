@@ -17,7 +17,15 @@ from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
 
@@ -265,7 +273,6 @@ class _TypedSpec(BacalhauModel):
         return data
 
 
-
 class PublisherSpec(_TypedSpec):
     """Where a job's results go: Bacalhau's publisher `{"Type": "s3"|"ipfs"|"local", "Params": {...}}`."""
 
@@ -304,13 +311,15 @@ class PublishedResult(_TypedSpec):
         """The input source that hands this result to the next job at `target` (archives get `Extract`)."""
         params = self.params
         if isinstance(params, S3Params):
-            source_params: BacalhauModel = params.model_copy(update={"extract": True if self.archived else None})
+            source_params: BacalhauModel = params.model_copy(
+                update={"extract": True if self.archived else None}
+            )
         elif isinstance(params, URLParams):
             source_params = params.model_copy(update={"extract": True})
         else:
             source_params = params
-        source = SourceSpec(type=self.type, params=source_params)
-        return InputSource(alias=alias, source=source, target=target)
+        source = SourceSpec.model_validate({"Type": self.type, "Params": source_params})
+        return InputSource.model_validate({"Alias": alias, "Source": source, "Target": target})
 
 
 class InputSource(BacalhauModel):
@@ -437,7 +446,9 @@ def parse_publisher_string(text: str) -> PublisherSpec:
         params["bucket"] = parsed.netloc
         params["key"] = parsed.path.lstrip("/")
     elif scheme not in ("ipfs", "local"):
-        raise SpecError(f"unknown publisher type: {scheme or destination!r}; supported: s3://bucket/key, ipfs, local")
+        raise SpecError(
+            f"unknown publisher type: {scheme or destination!r}; supported: s3://bucket/key, ipfs, local"
+        )
     params.update(options)
     try:
         return PublisherSpec.model_validate({"Type": scheme, "Params": params})

@@ -21,7 +21,15 @@ from .publishers import publish_to
 from .s3errors import is_transient
 from .sources import fetch_source
 from .sources.place import place
-from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath, S3Params, load_result
+from .specs import (
+    ExecutionContext,
+    InputSource,
+    PublishedResult,
+    PublisherSpec,
+    ResultPath,
+    S3Params,
+    load_result,
+)
 
 __all__ = ["fetch_inputs", "get_result", "publish_result", "record_published", "run_job"]
 
@@ -85,7 +93,13 @@ def record_published(
     return key
 
 
-@task(name="publish_result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(
+    name="publish_result",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_transient,
+)
 def publish_result(
     result_dir: Path | str,
     spec: PublisherSpec | Mapping[str, Any] | str,
@@ -107,14 +121,26 @@ def publish_result(
         spec = PublisherSpec.model_validate(spec)
     context = context or ExecutionContext.current()
     log = _logger()
-    log.info("publishing %s to %s (job %s, execution %s)", result_dir, spec.type, context.job_id, context.execution_id)
+    log.info(
+        "publishing %s to %s (job %s, execution %s)",
+        result_dir,
+        spec.type,
+        context.job_id,
+        context.execution_id,
+    )
     result = publish_to(Path(result_dir), spec, context, s3=s3, ipfs=ipfs, local=local)
     log.info("published: %s", result.model_dump_json(by_alias=True, exclude_none=True))
     record_published(result, context, s3=s3, ipfs=ipfs)
     return result
 
 
-@task(name="fetch_inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(
+    name="fetch_inputs",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_transient,
+)
 def fetch_inputs(
     inputs: Sequence[InputSource],
     root: Path | str,
@@ -144,7 +170,13 @@ def resolve_result(result: PublishedResult | Mapping[str, Any] | str | Path) -> 
     return load_artifact_result(text)
 
 
-@task(name="get_result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient)
+@task(
+    name="get_result",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_transient,
+)
 def get_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
     dest: Path | str,
@@ -173,7 +205,13 @@ def _parent(dest: Path) -> Path:
     return parent
 
 
-@task(name="run_job", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[2], retry_condition_fn=_retry_transient)
+@task(
+    name="run_job",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=[2],
+    retry_condition_fn=_retry_transient,
+)
 def run_job(
     command: JobCommand,
     *,
@@ -202,7 +240,13 @@ def run_job(
         publisher = PublisherSpec.model_validate(publisher)
     context = ExecutionContext.current(job_id=job_id, node_id=node_id)
     log = _logger()
-    log.info("job %s: execution %s on %s, %d input(s)", context.job_id, context.execution_id, context.node_id, len(inputs))
+    log.info(
+        "job %s: execution %s on %s, %d input(s)",
+        context.job_id,
+        context.execution_id,
+        context.node_id,
+        len(inputs),
+    )
     code, published, context = execute_job(
         command,
         publisher=publisher,

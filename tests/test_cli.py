@@ -29,11 +29,17 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 @pytest.fixture()
 def aws_env(minio: MinioServer) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": minio.user, "AWS_SECRET_ACCESS_KEY": minio.password, "AWS_REGION": "us-east-1"}
+    return {
+        "AWS_ACCESS_KEY_ID": minio.user,
+        "AWS_SECRET_ACCESS_KEY": minio.password,
+        "AWS_REGION": "us-east-1",
+    }
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "plain"])
-def test_publish_then_get(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path, encoding: str) -> None:
+def test_publish_then_get(
+    result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path, encoding: str
+) -> None:
     target = f"s3://{bucket}/cli/{{jobID}},opt=endpoint={minio.endpoint},opt=encoding={encoding}"
     done = cli("publish", str(result_dir), "-p", target, "--job-id", "j-cli", env=aws_env)
     assert done.returncode == 0, done.stderr
@@ -47,8 +53,12 @@ def test_publish_then_get(result_dir: Path, minio: MinioServer, bucket: str, aws
     assert tree(dest) == tree(result_dir)
 
 
-def test_get_refuses_non_empty_destination_unless_force(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path) -> None:
-    done = cli("publish", str(result_dir), "-p", f"s3://{bucket}/f,opt=endpoint={minio.endpoint}", env=aws_env)
+def test_get_refuses_non_empty_destination_unless_force(
+    result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = cli(
+        "publish", str(result_dir), "-p", f"s3://{bucket}/f,opt=endpoint={minio.endpoint}", env=aws_env
+    )
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(done.stdout)  # JSON is YAML
     dest = tmp_path / "dest"
@@ -83,12 +93,18 @@ def test_get_bad_spec_one_line_error(tmp_path: Path, content: str, message: str)
     assert not (tmp_path / "out").exists()
 
 
-def test_get_wrong_credentials_loses_nothing(result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path) -> None:
-    done = cli("publish", str(result_dir), "-p", f"s3://{bucket}/w,opt=endpoint={minio.endpoint}", env=aws_env)
+def test_get_wrong_credentials_loses_nothing(
+    result_dir: Path, minio: MinioServer, bucket: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = cli(
+        "publish", str(result_dir), "-p", f"s3://{bucket}/w,opt=endpoint={minio.endpoint}", env=aws_env
+    )
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(done.stdout)
     secret = "wrong-secret-9d8c7b"
-    failed = cli("get", str(spec_file), "-o", str(tmp_path / "out"), env={**aws_env, "AWS_SECRET_ACCESS_KEY": secret})
+    failed = cli(
+        "get", str(spec_file), "-o", str(tmp_path / "out"), env={**aws_env, "AWS_SECRET_ACCESS_KEY": secret}
+    )
     assert failed.returncode == 1
     assert "access denied" in failed.stderr and secret not in failed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result", "spec.json"]  # no output, no staging
@@ -100,7 +116,9 @@ def test_publish_bad_target(result_dir: Path) -> None:
     assert "unknown publisher type: 'gcs'" in done.stderr
 
 
-def test_get_flow_run_merges_results(prefect_server: None, s3_storage: Any, bucket: str, tmp_path: Path) -> None:
+def test_get_flow_run_merges_results(
+    prefect_server: None, s3_storage: Any, bucket: str, tmp_path: Path
+) -> None:
     from prefect import flow
 
     from prefect_bacalhau_publish import run_job
@@ -109,7 +127,11 @@ def test_get_flow_run_merges_results(prefect_server: None, s3_storage: Any, buck
     @flow
     def two_jobs() -> None:
         for name in ("one", "two"):
-            run_job(f"echo {name}; echo {name} > outputs/{name}.txt", publisher=f"s3://{bucket}/m/{{jobID}}", s3=s3_storage)
+            run_job(
+                f"echo {name}; echo {name} > outputs/{name}.txt",
+                publisher=f"s3://{bucket}/m/{{jobID}}",
+                s3=s3_storage,
+            )
 
     state = two_jobs(return_state=True)
     assert state.is_completed()

@@ -30,7 +30,10 @@ from prefect_bacalhau_publish.specs import (
 from prefect_bacalhau_publish.testing import MinioServer
 
 CTX = ExecutionContext(
-    job_id="abc123", execution_id="e-42", node_id="n-node1", published_at=datetime(2023, 9, 26, 14, 5, 30, tzinfo=UTC)
+    job_id="abc123",
+    execution_id="e-42",
+    node_id="n-node1",
+    published_at=datetime(2023, 9, 26, 14, 5, 30, tzinfo=UTC),
 )
 
 
@@ -51,8 +54,12 @@ def b64sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def test_gzip_publish_single_part(result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any) -> None:
-    result = publish_to(result_dir, s3_spec(bucket, "out/{jobID}/{date}-{time}/{executionID}-{nodeID}"), CTX, s3=s3_storage)
+def test_gzip_publish_single_part(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any
+) -> None:
+    result = publish_to(
+        result_dir, s3_spec(bucket, "out/{jobID}/{date}-{time}/{executionID}-{nodeID}"), CTX, s3=s3_storage
+    )
     params = result.params
     assert isinstance(params, S3Params)
     assert params.key == "out/abc123/20230926-140530/e-42-n-node1.tar.gz"
@@ -67,12 +74,21 @@ def test_gzip_publish_single_part(result_dir: Path, s3_storage: S3Storage, bucke
     assert hashlib.sha256(body).hexdigest() == info.sha256 == hashlib.sha256(expected.getvalue()).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
         names = archive.getnames()
-    assert {"stdout", "stderr", "exitCode", "outputs/data.csv", "outputs/.hidden", "outputs/nested/blob.bin"} <= set(names)
+    assert {
+        "stdout",
+        "stderr",
+        "exitCode",
+        "outputs/data.csv",
+        "outputs/.hidden",
+        "outputs/nested/blob.bin",
+    } <= set(names)
     dumped = result.to_bacalhau()
     assert set(dumped["Params"]) == {"Bucket", "Key", "Region", "Endpoint", "ChecksumSHA256"}
 
 
-def test_gzip_publish_multipart_versioned(tmp_path: Path, minio: MinioServer, versioned_bucket: str, s3_client: Any) -> None:
+def test_gzip_publish_multipart_versioned(
+    tmp_path: Path, minio: MinioServer, versioned_bucket: str, s3_client: Any
+) -> None:
     storage = S3Storage(
         credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
         endpoint_url=minio.endpoint,
@@ -98,7 +114,9 @@ def test_gzip_publish_multipart_versioned(tmp_path: Path, minio: MinioServer, ve
     assert (dest / "outputs" / "random.bin").read_bytes() == (root / "outputs" / "random.bin").read_bytes()
 
 
-def test_plain_publish_and_prefix_input(result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+def test_plain_publish_and_prefix_input(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
     result = publish_to(result_dir, s3_spec(bucket, "plain/{jobID}", encoding="plain"), CTX, s3=s3_storage)
     params = result.params
     assert isinstance(params, S3Params)
@@ -123,12 +141,16 @@ def test_plain_publish_and_prefix_input(result_dir: Path, s3_storage: S3Storage,
 
 
 def test_legacy_compress_false_is_plain(result_dir: Path, s3_storage: S3Storage, bucket: str) -> None:
-    spec = PublisherSpec.model_validate({"type": "s3", "params": {"bucket": bucket, "key": "legacy", "Compress": False}})
+    spec = PublisherSpec.model_validate(
+        {"type": "s3", "params": {"bucket": bucket, "key": "legacy", "Compress": False}}
+    )
     result = publish_to(result_dir, spec, CTX, s3=s3_storage)
     assert result.params.key == "legacy/"  # type: ignore[attr-defined]
 
 
-def test_chain_extract_round_trip(result_dir: Path, s3_storage: S3Storage, versioned_bucket: str, tmp_path: Path) -> None:
+def test_chain_extract_round_trip(
+    result_dir: Path, s3_storage: S3Storage, versioned_bucket: str, tmp_path: Path
+) -> None:
     result = publish_to(result_dir, s3_spec(versioned_bucket, "chain/{jobID}"), CTX, s3=s3_storage)
     source = result.to_input_source("/inputs/prev")
     dumped = source.to_bacalhau()
@@ -139,7 +161,9 @@ def test_chain_extract_round_trip(result_dir: Path, s3_storage: S3Storage, versi
     assert tree(dest) == tree(result_dir)
 
 
-def test_object_input_arrives_as_file(result_dir: Path, s3_storage: S3Storage, bucket: str, tmp_path: Path) -> None:
+def test_object_input_arrives_as_file(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, tmp_path: Path
+) -> None:
     result = publish_to(result_dir, s3_spec(bucket, "obj/{jobID}"), CTX, s3=s3_storage)
     params = result.params
     assert isinstance(params, S3Params)
@@ -150,7 +174,9 @@ def test_object_input_arrives_as_file(result_dir: Path, s3_storage: S3Storage, b
     assert b64sha((dest / "abc123.tar.gz").read_bytes()) == params.checksum_sha256
 
 
-def test_prefix_with_star_and_filter(s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+def test_prefix_with_star_and_filter(
+    s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
     for key in ("data/run1/a.csv", "data/run1/b.txt", "data/run2/c.csv", "other/x.csv"):
         s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
     source = SourceSpec.model_validate(
@@ -166,7 +192,9 @@ def test_prefix_with_star_and_filter(s3_storage: S3Storage, bucket: str, s3_clie
     }
 
 
-def test_version_pinning_after_overwrite(result_dir: Path, s3_storage: S3Storage, versioned_bucket: str, s3_client: Any, tmp_path: Path) -> None:
+def test_version_pinning_after_overwrite(
+    result_dir: Path, s3_storage: S3Storage, versioned_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
     result = publish_to(result_dir, s3_spec(versioned_bucket, "pinned"), CTX, s3=s3_storage)
     params = result.params
     assert isinstance(params, S3Params)
@@ -176,7 +204,9 @@ def test_version_pinning_after_overwrite(result_dir: Path, s3_storage: S3Storage
     assert tree(dest) == tree(result_dir)
 
 
-def test_checksum_mismatch_refused(result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+def test_checksum_mismatch_refused(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
     result = publish_to(result_dir, s3_spec(bucket, "tampered"), CTX, s3=s3_storage)
     params = result.params
     assert isinstance(params, S3Params)
@@ -197,7 +227,9 @@ def test_missing_bucket_clear_error(result_dir: Path, s3_storage: S3Storage) -> 
         publish_to(result_dir, s3_spec("no-such-bucket", "k"), CTX, s3=s3_storage)
 
 
-def test_wrong_credentials_clear_error_without_secret(result_dir: Path, minio: MinioServer, bucket: str) -> None:
+def test_wrong_credentials_clear_error_without_secret(
+    result_dir: Path, minio: MinioServer, bucket: str
+) -> None:
     secret = "not-the-password-4f1c2e"
     storage = S3Storage(
         credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=secret),
@@ -226,7 +258,9 @@ def test_missing_object_clear_error(s3_storage: S3Storage, bucket: str, tmp_path
     assert not (tmp_path / "in").exists()
 
 
-def test_failed_archive_leaves_no_object(tmp_path: Path, s3_storage: S3Storage, bucket: str, s3_client: Any) -> None:
+def test_failed_archive_leaves_no_object(
+    tmp_path: Path, s3_storage: S3Storage, bucket: str, s3_client: Any
+) -> None:
     root = tmp_path / "r"
     (root / "outputs").mkdir(parents=True)
     (root / "outputs" / "escape").symlink_to("/etc/passwd")
@@ -236,8 +270,17 @@ def test_failed_archive_leaves_no_object(tmp_path: Path, s3_storage: S3Storage, 
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_published_result_round_trips_as_bacalhau_json(result_dir: Path, s3_storage: S3Storage, versioned_bucket: str) -> None:
+def test_published_result_round_trips_as_bacalhau_json(
+    result_dir: Path, s3_storage: S3Storage, versioned_bucket: str
+) -> None:
     result = publish_to(result_dir, s3_spec(versioned_bucket, "rt"), CTX, s3=s3_storage)
     again = PublishedResult.model_validate(result.to_bacalhau())
     assert again == result
-    assert set(result.to_bacalhau()["Params"]) == {"Bucket", "Key", "Region", "Endpoint", "VersionID", "ChecksumSHA256"}
+    assert set(result.to_bacalhau()["Params"]) == {
+        "Bucket",
+        "Key",
+        "Region",
+        "Endpoint",
+        "VersionID",
+        "ChecksumSHA256",
+    }

@@ -14,7 +14,9 @@ from prefect_bacalhau_publish.testing import KuboServer, MinioServer
 def test_minio_put_get_with_checksum_and_version(minio: MinioServer, s3_client: Any) -> None:
     body = b"the same bytes, twice\n"
     expected = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    put = s3_client.put_object(Bucket="pbp-versioned", Key="smoke/a.txt", Body=body, ChecksumAlgorithm="SHA256")
+    put = s3_client.put_object(
+        Bucket="pbp-versioned", Key="smoke/a.txt", Body=body, ChecksumAlgorithm="SHA256"
+    )
     assert put["ChecksumSHA256"] == expected
     assert put["VersionId"] not in ("", "null", None)
     s3_client.put_object(Bucket="pbp-versioned", Key="smoke/a.txt", Body=b"overwritten")

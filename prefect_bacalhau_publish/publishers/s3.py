@@ -51,7 +51,9 @@ def publish(
             count = _upload_plain(client, storage, result_dir, params.bucket, key)
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
     except (ClientError, BotoCoreError) as exc:
-        raise S3PublishError(explain(exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint)) from exc
+        raise S3PublishError(
+            explain(exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint)
+        ) from exc
     logger.info("published s3://%s/%s in %.2fs", params.bucket, key, time.perf_counter() - started)
     return PublishedResult.model_validate({"Type": "s3", "Params": out})
 
@@ -229,6 +231,8 @@ def _upload_plain(client: S3Client, storage: S3Storage, result_dir: Path, bucket
             try:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
             except (ClientError, BotoCoreError):
-                logger.warning("could not remove %d partial objects under s3://%s/%s", len(batch), bucket, prefix)
+                logger.warning(
+                    "could not remove %d partial objects under s3://%s/%s", len(batch), bucket, prefix
+                )
         raise
     return len(files)

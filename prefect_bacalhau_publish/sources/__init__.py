@@ -33,7 +33,9 @@ def get_source(type_: str) -> Source:
     return fetch
 
 
-def fetch_source(source: SourceSpec, dest: Path, *, s3: Any = None, ipfs: Any = None, local: Any = None) -> Path:
+def fetch_source(
+    source: SourceSpec, dest: Path, *, s3: Any = None, ipfs: Any = None, local: Any = None
+) -> Path:
     """Materialise one source at `dest` with the fetcher for its Type and the matching block."""
     target = {"s3": s3, "ipfs": ipfs, "urlDownload": local, "localDirectory": None}[source.type]
     return get_source(source.type)(source, dest, target)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
-__all__ = ["fetch", "download_verified"]
+__all__ = ["download_verified", "fetch"]
 
 _CHUNK = 1024 * 1024
 
@@ -55,7 +55,9 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
             objects = _explode_key(client, params)
             if params.extract and not params.is_prefix:
                 if len(objects) != 1 or objects[0].is_dir:
-                    raise FetchError(f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder")
+                    raise FetchError(
+                        f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
+                    )
                 archive = Path(tmp) / "archive.tar.gz"
                 with open(archive, "wb") as out:
                     download_verified(client, params.bucket, objects[0], out, params.checksum_sha256)
@@ -64,7 +66,9 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
                 _download_all(client, params, objects, staging, storage.max_concurrency)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
-        raise FetchError(explain(exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint)) from exc
+        raise FetchError(
+            explain(exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint)
+        ) from exc
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
 
@@ -115,11 +119,15 @@ def _relative(key: str, source_key: str) -> PurePosixPath:
         start += 1
     parts = [t for t in tokens[start:] if t not in ("", ".")]
     if not parts or ".." in parts:
-        raise UnsafeArchiveError(f"refusing object key {key!r}: it does not map to a path inside the input folder")
+        raise UnsafeArchiveError(
+            f"refusing object key {key!r}: it does not map to a path inside the input folder"
+        )
     return PurePosixPath(*parts)
 
 
-def _download_all(client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int) -> None:
+def _download_all(
+    client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int
+) -> None:
     plan: list[tuple[_Object, Path]] = []
     for obj in objects:
         plan.append((obj, staging.joinpath(*_relative(obj.key, params.key).parts)))
@@ -148,7 +156,9 @@ def _body_chunks(body: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def download_verified(client: S3Client, bucket: str, obj: _Object, out: BinaryIO, checksum: str | None) -> None:
+def download_verified(
+    client: S3Client, bucket: str, obj: _Object, out: BinaryIO, checksum: str | None
+) -> None:
     """Download one object pinned to its version and ETag; verify the bytes against `checksum` when given."""
     request: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
     if obj.version_id:
@@ -192,4 +202,3 @@ def download_verified(client: S3Client, bucket: str, obj: _Object, out: BinaryIO
             f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to {got}, "
             f"the spec records {checksum}; the object was altered after publishing"
         )
-
