@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials, MinIOCredentials
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -20,6 +21,7 @@ __all__ = ["IPFSNode", "LocalResultServer", "S3Storage"]
 _DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish#readme"
 _LOGO = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"
 MiB = 1024 * 1024
+_CLIENT_LOCK = threading.Lock()
 
 
 class S3Storage(Block):
@@ -66,8 +68,32 @@ class S3Storage(Block):
         default=8, ge=1, le=64, description="Parallel transfers (parts, or files of a plain result)."
     )
 
+    _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = PrivateAttr(default_factory=dict)
+
     def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
-        """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's."""
+        """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's.
+
+        Clients are thread-safe and costly to build, so one per setting is kept on this block.
+        """
+        key = (
+            endpoint or self.endpoint_url,
+            region or self.region_name,
+            id(self.credentials),
+            self.max_concurrency,
+        )
+        with _CLIENT_LOCK:
+            cached = self._clients.get(key)
+            if cached is None or cached[0] is not self.credentials:
+                cached = self._clients[key] = (self.credentials, self._new_client(endpoint, region))
+            return cached[1]
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without the cached clients (for Dask and process pools)."""
+        state: dict[Any, Any] = super().__getstate__()
+        state["__pydantic_private__"] = {"_clients": {}}
+        return state
+
+    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
         import boto3
         from botocore.config import Config
 

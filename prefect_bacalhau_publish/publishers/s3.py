@@ -100,13 +100,22 @@ class _PartHasher:
 
 
 class _PipeReader:
-    """The read end of the archive pipe; raises the writer's error instead of a silent early EOF."""
+    """The read end of the archive pipe, after `prefix`; raises the writer's error instead of an early EOF."""
 
     def __init__(self, fd: int, failed: list[BaseException]) -> None:
         self._file = os.fdopen(fd, "rb", buffering=1024 * 1024)
         self._failed = failed
+        self._prefix = memoryview(b"")
+
+    def unread(self, data: bytes) -> None:
+        """Serve `data` again before the rest of the pipe."""
+        self._prefix = memoryview(data)
 
     def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            take = len(self._prefix) if size < 0 else min(size, len(self._prefix))
+            data, self._prefix = bytes(self._prefix[:take]), self._prefix[take:]
+            return data
         data = self._file.read(size)
         if not data and self._failed:
             raise self._failed[0]
@@ -116,16 +125,18 @@ class _PipeReader:
         self._file.close()
 
 
+_PARTS_IN_MEMORY = 4
+
+
 def _upload_archive(
     client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str
 ) -> dict[str, Any]:
-    """Stream the deterministic tar.gz through a pipe into the transfer manager; verify what S3 stored."""
-    config = TransferConfig(
-        multipart_threshold=storage.multipart_threshold,
-        multipart_chunksize=storage.multipart_chunksize,
-        max_concurrency=storage.max_concurrency,
-        use_threads=True,
-    )
+    """Stream the deterministic tar.gz through a pipe to S3 and verify what S3 stored.
+
+    An archive smaller than `multipart_threshold` goes up in one PUT (its response carries the checksum and
+    version); a larger one streams through boto3's transfer manager as a multipart upload, with at most
+    `_PARTS_IN_MEMORY` parts buffered, so memory stays flat whatever the result's size.
+    """
     read_fd, write_fd = os.pipe()
     failed: list[BaseException] = []
     writer_file = os.fdopen(write_fd, "wb", buffering=1024 * 1024)
@@ -146,14 +157,26 @@ def _upload_archive(
     reader = _PipeReader(read_fd, failed)
     producer = threading.Thread(target=produce, name="pbp-archive", daemon=True)
     producer.start()
+    extra = {"ChecksumAlgorithm": "SHA256", "ContentType": "application/gzip"}
     try:
-        client.upload_fileobj(
-            reader,  # type: ignore[arg-type]
-            bucket,
-            key,
-            ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": "application/gzip"},
-            Config=config,
-        )
+        first = reader.read(storage.multipart_threshold)
+        multipart = len(first) >= storage.multipart_threshold
+        if not multipart:
+            producer.join()
+            if failed:
+                raise failed[0]
+            put = client.put_object(Bucket=bucket, Key=key, Body=first, **extra)  # type: ignore[arg-type]
+            stored, version = put.get("ChecksumSHA256", ""), put.get("VersionId")
+        else:
+            reader.unread(first)
+            del first
+            config = TransferConfig(
+                multipart_threshold=storage.multipart_threshold,
+                multipart_chunksize=storage.multipart_chunksize,
+                max_concurrency=min(_PARTS_IN_MEMORY, storage.max_concurrency),
+            )
+            config.max_in_memory_upload_chunks = _PARTS_IN_MEMORY
+            client.upload_fileobj(reader, bucket, key, ExtraArgs=extra, Config=config)  # type: ignore[arg-type]
     except PublishError:
         raise
     except Exception as exc:
@@ -165,10 +188,10 @@ def _upload_archive(
         producer.join()
     if failed:
         raise failed[0]
-    multipart = hasher.size >= storage.multipart_threshold
     expected = hasher.checksum(multipart)
-    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    stored = head.get("ChecksumSHA256", "")
+    if multipart:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        stored, version = head.get("ChecksumSHA256", ""), head.get("VersionId")
     if stored != expected:
         raise S3PublishError(
             f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
@@ -176,7 +199,6 @@ def _upload_archive(
         )
     logger.info("archive s3://%s/%s: %d bytes, sha256 %s", bucket, key, hasher.size, expected)
     out: dict[str, Any] = {"ChecksumSHA256": stored}
-    version = head.get("VersionId")
     if version and version != "null":
         out["VersionID"] = version
     return out

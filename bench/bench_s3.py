@@ -1,0 +1,221 @@
+"""S3 workloads of issue 9 against the tools a user would otherwise script, in the same run, on a local MinIO.
+
+W1  publish a mixed folder, gzip        vs (a) GNU `tar czf` + boto3 upload_file, (b) `tar | pigz -1 -p 2` + upload_file
+W2  publish many 4 KiB files, plain     vs boto3 put_object in a loop
+W6  peak RSS of a gzip publish at two sizes (growth, absolute)
+W7  one chain hop (publish 1 KiB result, fetch it as the next input) vs boto3 put + get
+
+    .venv/bin/python bench/bench_s3.py --size-mib 1024 --files 10000 --runs 5
+
+Loopback only: the MinIO is started here on 127.0.0.1 from the test-server cache. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import build_mixed_folder, build_small_files, ratio_row  # noqa: E402
+
+from prefect_bacalhau_publish.blocks import S3Storage  # noqa: E402
+from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
+from prefect_bacalhau_publish.sources import fetch_source  # noqa: E402
+from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec  # noqa: E402
+from prefect_bacalhau_publish.testing import MinioServer, running_minio  # noqa: E402
+
+
+def storage_for(minio: MinioServer) -> S3Storage:
+    from prefect_aws import MinIOCredentials
+
+    return S3Storage(
+        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
+        endpoint_url=minio.endpoint,
+        region_name="us-east-1",
+    )
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(runs: int, ours: Callable[[], Any], base: Callable[[], Any]) -> tuple[list[float], list[float]]:
+    """Run A, B, A, B, ... so drift hits both alike; one warm-up each first."""
+    ours()
+    base()
+    a, b = [], []
+    for _ in range(runs):
+        a.append(timed(ours))
+        b.append(timed(base))
+    return a, b
+
+
+def w1(minio: MinioServer, folder: Path, runs: int, work: Path) -> list[str]:
+    storage = storage_for(minio)
+    client: Any = minio.client()
+    bucket = f"w1-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": bucket, "Key": "w1/{executionID}"}}
+    )
+    archive = work / "baseline.tar.gz"
+
+    def ours() -> None:
+        publish_to(folder, spec, ExecutionContext.new(), s3=storage)
+
+    def tar_then_upload() -> None:
+        subprocess.run(["tar", "czf", str(archive), "-C", str(folder), "."], check=True)
+        client.upload_file(str(archive), bucket, f"base/{uuid.uuid4()}.tar.gz")
+
+    def pigz_then_upload() -> None:
+        subprocess.run(
+            f"tar cf - -C {folder} . | pigz -1 -p 2 > {archive}",
+            shell=True,
+            check=True,
+            executable="/bin/bash",
+        )
+        client.upload_file(str(archive), bucket, f"base/{uuid.uuid4()}.tar.gz")
+
+    rows = []
+    a, b = paired(runs, ours, pigz_then_upload)
+    rows.append(ratio_row("W1b publish gzip vs tar \\| pigz -1 -p 2 + upload_file", a, b, target=0.6))
+    a2, c = paired(max(1, runs // 2), ours, tar_then_upload)
+    rows.append(ratio_row("W1a publish gzip vs tar czf + upload_file", a2, c, target=0.1))
+    return rows
+
+
+def w2(minio: MinioServer, files: Path, runs: int) -> list[str]:
+    storage = storage_for(minio)
+    client: Any = minio.client()
+    bucket = f"w2-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": bucket, "Key": "w2/{executionID}", "Encoding": "plain"}}
+    )
+    paths = sorted(p for p in files.rglob("*") if p.is_file())
+
+    def ours() -> None:
+        publish_to(files, spec, ExecutionContext.new(), s3=storage)
+
+    def loop() -> None:
+        prefix = f"base/{uuid.uuid4()}/"
+        for path in paths:
+            with open(path, "rb") as body:
+                client.put_object(Bucket=bucket, Key=prefix + path.relative_to(files).as_posix(), Body=body)
+
+    a, b = paired(runs, ours, loop)
+    return [ratio_row(f"W2 publish {len(paths)} files plain vs put_object loop", a, b, target=0.2)]
+
+
+def w7(minio: MinioServer, work: Path, runs: int) -> list[str]:
+    storage = storage_for(minio)
+    client: Any = minio.client()
+    bucket = f"w7-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    result = work / "w7-result"
+    (result / "outputs").mkdir(parents=True, exist_ok=True)
+    (result / "outputs" / "one-kib.bin").write_bytes(os.urandom(1024))
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": bucket, "Key": "w7/{executionID}"}}
+    )
+    body = (result / "outputs" / "one-kib.bin").read_bytes()
+
+    def hop() -> None:
+        published = publish_to(result, spec, ExecutionContext.new(), s3=storage)
+        dest = work / f"w7-in-{uuid.uuid4().hex}"
+        fetch_source(published.to_input_source("/inputs/a").source, dest, s3=storage)
+        shutil.rmtree(dest)
+
+    def raw() -> None:
+        key = f"base/{uuid.uuid4()}"
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+        client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    a, b = paired(runs * 4, hop, raw)
+    extra_ms = (statistics.median(a) - statistics.median(b)) * 1000
+    row = ratio_row("W7 chain hop (1 KiB publish + fetch) vs put + get", a, b, target=None)
+    return [row.rstrip(" |") + f" (+{extra_ms:.0f} ms; target ≤ +150 ms) |"]
+
+
+def peak_rss_mib(size_mib: int, work: Path, minio: MinioServer) -> float:
+    """Peak RSS (MiB) of a child process that publishes a `size_mib` folder with gzip."""
+    folder = build_mixed_folder(work, size_mib)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/bench');"
+        "from bench_s3 import storage_for; from prefect_bacalhau_publish.testing import MinioServer;"
+        "from prefect_bacalhau_publish.publishers import publish_to;"
+        "from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec; from pathlib import Path;"
+        "m = MinioServer(Path('/nonexistent'), port=int(sys.argv[2])); c = m.client();"
+        "b = 'w6-' + sys.argv[4]; c.create_bucket(Bucket=b);"
+        "publish_to(Path(sys.argv[3]), PublisherSpec.model_validate({'Type': 's3', 'Params': {'Bucket': b, 'Key': 'w6'}}),"
+        " ExecutionContext.new(), s3=storage_for(m))"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(REPO), str(minio.port), str(folder), uuid.uuid4().hex[:8]]
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"W6 child failed with status {status}")
+    del before
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rss-sizes", default="1024,4096", help="two sizes in MiB for W6")
+    parser.add_argument("--only", default="W1,W2,W6,W7")
+    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
+    args = parser.parse_args()
+    if shutil.which("pigz") is None:
+        raise SystemExit("pigz is needed for the W1 baseline: apt-get install pigz")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(","))
+    rows: list[str] = []
+    with running_minio(args.dir) as minio, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        if "W1" in only:
+            rows += w1(minio, build_mixed_folder(args.dir, args.size_mib), args.runs, work)
+        if "W2" in only:
+            rows += w2(minio, build_small_files(args.dir, args.files), args.runs)
+        if "W7" in only:
+            rows += w7(minio, work, args.runs)
+        if "W6" in only:
+            small, large = (int(s) for s in args.rss_sizes.split(","))
+            rss_small, rss_large = peak_rss_mib(small, args.dir, minio), peak_rss_mib(large, args.dir, minio)
+            growth = (rss_large / rss_small - 1) * 100
+            rows.append(
+                f"| W6 peak RSS gzip publish {small} MiB → {large} MiB | {rss_small:.0f} MiB → {rss_large:.0f} MiB "
+                f"| growth {growth:+.1f}% | target growth ≤ 10%, peak < 200 MiB |"
+            )
+    print(f"\n### S3 workloads, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
+    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

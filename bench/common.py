@@ -1,0 +1,70 @@
+"""Shared benchmark helpers: deterministic test folders and result rows."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+SEED = 20240601
+_SENTENCE = (
+    "the job result folder holds stdout stderr exitCode and outputs written by a container running on "
+    "a bacalhau compute node which publishes them to s3 ipfs or local storage for later retrieval by "
+    "prefect flows data pipeline model training metrics log line error warning info debug value"
+)
+TEXT = _SENTENCE.split()
+
+
+def build_mixed_folder(root: Path, size_mib: int) -> Path:
+    """A folder of about `size_mib` MiB, half random bytes and half text, files of 64 KiB–8 MiB; reused."""
+    folder = root / f"mixed-{size_mib}MiB"
+    marker = root / f".mixed-{size_mib}MiB.complete"
+    if marker.exists():
+        return folder
+    rng = random.Random(SEED)
+    outputs = folder / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    total, index = size_mib << 20, 0
+    while total > 0:
+        size = min(total, rng.randint(64 << 10, 8 << 20))
+        path = outputs / f"part-{index // 50:03d}" / f"file-{index:05d}.{'bin' if index % 2 else 'txt'}"
+        path.parent.mkdir(exist_ok=True)
+        if index % 2:
+            path.write_bytes(rng.randbytes(size))
+        else:
+            line = " ".join(rng.choice(TEXT) for _ in range(200)).encode() + b"\n"
+            path.write_bytes((line * (size // len(line) + 1))[:size])
+        total -= size
+        index += 1
+    (folder / "stdout").write_text("benchmark\n")
+    (folder / "stderr").write_text("")
+    (folder / "exitCode").write_text("0")
+    marker.touch()
+    return folder
+
+
+def build_small_files(root: Path, count: int, size: int = 4096) -> Path:
+    """`count` random files of `size` bytes under outputs/, 500 per folder; reused."""
+    folder = root / f"small-{count}x{size}"
+    marker = root / f".small-{count}x{size}.complete"
+    if marker.exists():
+        return folder
+    rng = random.Random(SEED)
+    for index in range(count):
+        path = folder / "outputs" / f"d{index // 500:03d}" / f"f{index:06d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+    marker.touch()
+    return folder
+
+
+def ratio_row(name: str, ours: list[float], base: list[float], *, target: float | None) -> str:
+    """A Markdown row: medians, and the median of the pairwise ratios against the target."""
+    ratios = [a / b for a, b in zip(ours, base, strict=False)]
+    ratio = statistics.median(ratios)
+    verdict = "" if target is None else (" ✅" if ratio <= target else " ❌")
+    goal = "" if target is None else f" (≤ {target})"
+    return (
+        f"| {name} | {statistics.median(ours):.3f} | {statistics.median(base):.3f} "
+        f"| {ratio:.2f}{goal}{verdict} (n={len(ratios)}) |"
+    )
