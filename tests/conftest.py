@@ -25,6 +25,7 @@ os.environ.update(
         "PREFECT_TASK_DEFAULT_RETRY_DELAY_SECONDS": "0",
         "AWS_EC2_METADATA_DISABLED": "true",
         "NO_PROXY": "127.0.0.1,localhost",
+        "PBP_JOURNAL": os.path.join(_PREFECT_HOME, "s3-pending.json"),
     }
 )
 

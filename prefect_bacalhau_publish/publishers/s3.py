@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .. import journal
 from ..archive import write_archive
 from ..blocks import S3Storage
 from ..errors import PublishError, S3PublishError
@@ -44,9 +45,14 @@ def publish(
     key = render_key(params.key, context=context, archive=params.archived)
     out: dict[str, Any] = {"Bucket": params.bucket, "Key": key, "Region": region, "Endpoint": endpoint}
     started = time.perf_counter()
+    _abort_pending(client, endpoint, params.bucket)
     try:
         if params.archived:
-            out.update(_upload_archive(client, storage, result_dir, params.bucket, key))
+            try:
+                out.update(_upload_archive(client, storage, result_dir, params.bucket, key))
+            except BaseException:
+                _abort_uploads(client, endpoint, params.bucket, key)
+                raise
         else:
             count = _upload_plain(client, storage, result_dir, params.bucket, key)
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
@@ -56,6 +62,25 @@ def publish(
         ) from exc
     logger.info("published s3://%s/%s in %.2fs", params.bucket, key, time.perf_counter() - started)
     return PublishedResult.model_validate({"Type": "s3", "Params": out})
+
+
+def _abort_uploads(client: S3Client, endpoint: str | None, bucket: str, key: str) -> None:
+    """Abort every incomplete multipart upload of `key`; if the store cannot be reached, journal the key."""
+    try:
+        listed = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
+        for upload in listed.get("Uploads", []):
+            if upload.get("Key") == key:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        journal.forget(endpoint, bucket, key)
+    except (ClientError, BotoCoreError):
+        logger.warning("could not clean up s3://%s/%s now; the next publish to the bucket will", bucket, key)
+        journal.remember(endpoint, bucket, key)
+
+
+def _abort_pending(client: S3Client, endpoint: str | None, bucket: str) -> None:
+    """Clean up what an earlier failed publish to this bucket could not."""
+    for key in journal.pending(endpoint, bucket):
+        _abort_uploads(client, endpoint, bucket, key)
 
 
 class _PartHasher:
