@@ -105,6 +105,7 @@ def get(
     output: Annotated[Path | None, Parameter(name=["--output", "-o"])] = None,
     raw: bool = False,
     force: bool = False,
+    presigned: bool = False,
     s3_block: str | None = None,
     ipfs_block: str | None = None,
     local_block: str | None = None,
@@ -121,6 +122,8 @@ def get(
         Keep each result apart in <output>/raw/<n> instead of merging them flat.
     force
         Replace a non-empty destination.
+    presigned
+        Fetch archived S3 results through a presigned URL, as Bacalhau's requester does.
     s3_block
         Name of a saved S3Storage block (default: AWS default credential chain).
     ipfs_block
@@ -140,7 +143,7 @@ def get(
         with err.status("") as status:
             for index, result in enumerate(results):
                 status.update(f"fetching result {index + 1}/{len(results)} ({result.type}) and verifying it")
-                parts.append(get_result.fn(result, tmp / "raw" / str(index), **blocks))
+                parts.append(get_result.fn(result, tmp / "raw" / str(index), presigned=presigned, **blocks))
         final = tmp / "final"
         final.mkdir()
         if raw or len(parts) == 1:

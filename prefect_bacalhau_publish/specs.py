@@ -39,6 +39,7 @@ __all__ = [
     "PublisherSpec",
     "ResultPath",
     "S3Params",
+    "S3PreSignedParams",
     "S3PublisherParams",
     "SourceSpec",
     "TaskIO",
@@ -180,6 +181,12 @@ class S3Params(BacalhauModel):
         return not self.key or self.key.endswith(("/", "*"))
 
 
+class S3PreSignedParams(S3Params):
+    """Params of Bacalhau's `s3PreSigned` result: the S3 source spec plus a presigned GET URL."""
+
+    pre_signed_url: str = Field(alias="PreSignedURL")
+
+
 class IPFSParams(BacalhauModel):
     """Params of an `ipfs` published result and input source."""
 
@@ -223,6 +230,7 @@ _PUBLISHER_PARAMS: dict[str, type[BacalhauModel]] = {
 }
 _RESULT_PARAMS: dict[str, type[BacalhauModel]] = {
     "s3": S3Params,
+    "s3PreSigned": S3PreSignedParams,
     "ipfs": IPFSParams,
     "urlDownload": URLParams,
 }

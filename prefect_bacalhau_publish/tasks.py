@@ -21,6 +21,7 @@ from .publishers import publish_to
 from .s3errors import is_transient
 from .sources import fetch_source
 from .sources.place import place
+from .sources.s3 import presign
 from .specs import (
     ExecutionContext,
     InputSource,
@@ -56,15 +57,7 @@ def _presign(result: PublishedResult, s3: S3Storage | None) -> str | None:
     params = result.params
     if not isinstance(params, S3Params) or params.is_prefix:
         return None
-    storage = s3 if s3 is not None else S3Storage()
-    client = storage.get_client(params.endpoint, params.region)
-    request: dict[str, Any] = {"Bucket": params.bucket, "Key": params.key}
-    if params.version_id:
-        request["VersionId"] = params.version_id
-    url: str = client.generate_presigned_url(
-        "get_object", Params=request, ExpiresIn=int(storage.presign_expiry.total_seconds())
-    )
-    return url
+    return presign(params, s3 if s3 is not None else S3Storage()).pre_signed_url
 
 
 def record_published(
@@ -184,10 +177,18 @@ def get_result(
     s3: S3Storage | None = None,
     ipfs: IPFSNode | None = None,
     local: Any = None,
+    presigned: bool = False,
 ) -> Path:
-    """Download, verify and extract any published result into `dest` (which must not exist or be empty)."""
+    """Download, verify and extract any published result into `dest` (which must not exist or be empty).
+
+    With `presigned`, an archived S3 result is fetched through a presigned URL, as Bacalhau's requester
+    hands it to `bacalhau job get`; otherwise directly with the S3 API.
+    """
     spec = resolve_result(result)
     dest = Path(dest)
+    if presigned and isinstance(spec.params, S3Params) and spec.archived:
+        signed = presign(spec.params, s3 if s3 is not None else S3Storage())
+        spec = PublishedResult.model_validate({"Type": "s3PreSigned", "Params": signed})
     source = spec.to_input_source("/result").source
     with tempfile.TemporaryDirectory(prefix=".pbp-get-", dir=_parent(dest)) as tmp:
         staging = Path(tmp) / "result"

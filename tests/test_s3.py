@@ -284,3 +284,42 @@ def test_published_result_round_trips_as_bacalhau_json(
         "VersionID",
         "ChecksumSHA256",
     }
+
+
+@pytest.mark.parametrize("size", [1024, 12 * 1024 * 1024])
+def test_get_through_presigned_url(tmp_path: Path, minio: MinioServer, bucket: str, size: int) -> None:
+    from prefect_bacalhau_publish.tasks import get_result
+
+    storage = S3Storage(
+        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
+        endpoint_url=minio.endpoint,
+        multipart_threshold=5 * 1024 * 1024,
+        multipart_chunksize=5 * 1024 * 1024,
+    )
+    root = tmp_path / "r"
+    (root / "outputs").mkdir(parents=True)
+    (root / "outputs" / "data.bin").write_bytes(os.urandom(size))
+    result = publish_to(root, s3_spec(bucket, "presigned/{executionID}"), CTX, s3=storage)
+    dest = get_result.fn(result, tmp_path / "got", s3=storage, presigned=True)
+    assert tree(dest) == tree(root)
+
+
+def test_s3_presigned_spec_needs_no_credentials(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    from prefect_bacalhau_publish.sources.s3 import presign
+
+    result = publish_to(result_dir, s3_spec(bucket, "nocreds"), CTX, s3=s3_storage)
+    assert isinstance(result.params, S3Params)
+    signed = PublishedResult.model_validate(
+        {"Type": "s3PreSigned", "Params": presign(result.params, s3_storage)}
+    )
+    assert signed.to_bacalhau()["Params"]["PreSignedURL"].startswith(s3_storage.endpoint_url or "")
+    dest = tmp_path / "got"
+    fetch_source(signed.to_input_source("/x").source, dest, s3=S3Storage(endpoint_url="http://127.0.0.1:9"))
+    assert tree(dest) == tree(result_dir)
+    # a tampered object behind a still-valid URL is refused
+    s3_client.put_object(Bucket=bucket, Key=result.params.key, Body=b"tampered")
+    with pytest.raises(ChecksumMismatchError):
+        fetch_source(signed.to_input_source("/x").source, tmp_path / "again", s3=None)
+    assert not (tmp_path / "again").exists()

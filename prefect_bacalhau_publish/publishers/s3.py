@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import mimetypes
 import os
@@ -20,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .. import journal
 from ..archive import write_archive
 from ..blocks import S3Storage
+from ..checksums import PartHasher
 from ..errors import PublishError, S3PublishError
 from ..naming import render_key
 from ..s3errors import explain
@@ -83,45 +82,20 @@ def _abort_pending(client: S3Client, endpoint: str | None, bucket: str) -> None:
         _abort_uploads(client, endpoint, bucket, key)
 
 
-class _PartHasher:
-    """A write-only stream that hashes everything written, whole and per part of `part_size` bytes."""
+class _HashingWriter:
+    """A write-only stream that passes bytes on to `sink` and hashes them for S3's checksum forms."""
 
     def __init__(self, sink: Any, part_size: int) -> None:
         self._sink = sink
-        self._part_size = part_size
-        self._whole = hashlib.sha256()
-        self._part = hashlib.sha256()
-        self._part_fill = 0
-        self.part_digests: list[bytes] = []
-        self.size = 0
+        self.hasher = PartHasher(part_size)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        self._sink.write(view)
-        self._whole.update(view)
-        self.size += len(view)
-        while len(view):
-            take = min(len(view), self._part_size - self._part_fill)
-            self._part.update(view[:take])
-            self._part_fill += take
-            view = view[take:]
-            if self._part_fill == self._part_size:
-                self.part_digests.append(self._part.digest())
-                self._part, self._part_fill = hashlib.sha256(), 0
+        self._sink.write(data)
+        self.hasher.update(data)
         return len(data)
 
     def flush(self) -> None:
         self._sink.flush()
-
-    def checksum(self, multipart: bool) -> str:
-        """S3's ChecksumSHA256: of the bytes (single PUT), or composite of the parts' with `-N`."""
-        if not multipart:
-            return base64.b64encode(self._whole.digest()).decode()
-        digests = list(self.part_digests)
-        if self._part_fill:
-            digests.append(self._part.digest())
-        combined = hashlib.sha256(b"".join(digests)).digest()
-        return f"{base64.b64encode(combined).decode()}-{len(digests)}"
 
 
 class _PipeReader:
@@ -165,11 +139,11 @@ def _upload_archive(
     read_fd, write_fd = os.pipe()
     failed: list[BaseException] = []
     writer_file = os.fdopen(write_fd, "wb", buffering=1024 * 1024)
-    hasher = _PartHasher(writer_file, storage.multipart_chunksize)
+    writer = _HashingWriter(writer_file, storage.multipart_chunksize)
 
     def produce() -> None:
         try:
-            write_archive(result_dir, hasher)  # type: ignore[arg-type]
+            write_archive(result_dir, writer)  # type: ignore[arg-type]
             writer_file.flush()
         except BaseException as exc:  # handed to the reader, which raises it inside the upload
             failed.append(exc)
@@ -213,7 +187,7 @@ def _upload_archive(
         producer.join()
     if failed:
         raise failed[0]
-    expected = hasher.checksum(multipart)
+    expected = writer.hasher.checksum(multipart)
     if multipart:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         stored, version = head.get("ChecksumSHA256", ""), head.get("VersionId")
@@ -222,7 +196,7 @@ def _upload_archive(
             f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
             f"uploaded has {expected}; the key was probably overwritten concurrently, publish again"
         )
-    logger.info("archive s3://%s/%s: %d bytes, sha256 %s", bucket, key, hasher.size, expected)
+    logger.info("archive s3://%s/%s: %d bytes, checksum %s", bucket, key, writer.hasher.size, expected)
     out: dict[str, Any] = {"ChecksumSHA256": stored}
     if version and version != "null":
         out["VersionID"] = version

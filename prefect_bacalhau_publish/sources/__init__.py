@@ -23,7 +23,13 @@ class Source(Protocol):
     def __call__(self, source: SourceSpec, dest: Path, target: Any) -> Path: ...
 
 
-_MODULES = {"s3": "s3", "ipfs": "ipfs", "urlDownload": "url", "localDirectory": "local_directory"}
+_MODULES = {
+    "s3": "s3",
+    "s3PreSigned": "s3",
+    "ipfs": "ipfs",
+    "urlDownload": "url",
+    "localDirectory": "local_directory",
+}
 
 
 def get_source(type_: str) -> Source:
@@ -37,5 +43,7 @@ def fetch_source(
     source: SourceSpec, dest: Path, *, s3: Any = None, ipfs: Any = None, local: Any = None
 ) -> Path:
     """Materialise one source at `dest` with the fetcher for its Type and the matching block."""
-    target = {"s3": s3, "ipfs": ipfs, "urlDownload": local, "localDirectory": None}[source.type]
+    target = {"s3": s3, "s3PreSigned": s3, "ipfs": ipfs, "urlDownload": local, "localDirectory": None}[
+        source.type
+    ]
     return get_source(source.type)(source, dest, target)

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..archive import extract_archive
 from ..blocks import S3Storage
+from ..checksums import PartHasher, file_matches, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..s3errors import explain
-from ..specs import S3Params, SourceSpec
+from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import place
 
 if TYPE_CHECKING:
@@ -45,6 +44,8 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
     params = source.params
     if not isinstance(params, S3Params):
         raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
+    if isinstance(params, S3PreSignedParams):
+        return _fetch_presigned(params, dest)
     storage = target if target is not None else S3Storage()
     endpoint = params.endpoint or storage.endpoint_url
     client = storage.get_client(params.endpoint, params.region)
@@ -71,6 +72,53 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
         ) from exc
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
+
+
+def _fetch_presigned(params: S3PreSignedParams, dest: Path) -> Path:
+    """Download through the presigned URL (no credentials needed), verify ChecksumSHA256, place or extract."""
+    name = PurePosixPath(params.key).name or "object"
+    where = f"s3://{params.bucket}/{params.key}"
+    with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
+        staging = Path(tmp) / "content"
+        staging.mkdir()
+        download = Path(tmp) / "download"
+        try:
+            with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False) as response:
+                if response.status_code != 200:
+                    raise FetchError(
+                        f"fetch {where} through its presigned URL failed: HTTP {response.status_code}"
+                        " (expired or revoked URL? ask for a new one)"
+                    )
+                expected = int(response.headers.get("content-length", -1))
+                with open(download, "wb") as out:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
+        if expected >= 0 and download.stat().st_size != expected:
+            raise FetchError(f"fetch {where} was cut short: {download.stat().st_size} of {expected} bytes")
+        if params.checksum_sha256 and not file_matches(download, params.checksum_sha256):
+            raise ChecksumMismatchError(
+                f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
+            )
+        if params.extract:
+            extract_archive(download, staging)
+        else:
+            download.rename(staging / name)
+        place(staging, dest)
+    return dest
+
+
+def presign(result: S3Params, storage: S3Storage) -> S3PreSignedParams:
+    """Turn an archived S3 result into Bacalhau's `s3PreSigned` form, as its requester does for `get`."""
+    client = storage.get_client(result.endpoint, result.region)
+    request: dict[str, Any] = {"Bucket": result.bucket, "Key": result.key}
+    if result.version_id:
+        request["VersionId"] = result.version_id
+    url = client.generate_presigned_url(
+        "get_object", Params=request, ExpiresIn=int(storage.presign_expiry.total_seconds())
+    )
+    return S3PreSignedParams.model_validate({**result.to_bacalhau(), "PreSignedURL": url})
 
 
 def _parent(dest: Path) -> Path:
@@ -151,11 +199,6 @@ def _download_all(
         list(pool.map(download, files))
 
 
-def _body_chunks(body: Any) -> Iterator[bytes]:
-    while chunk := body.read(_CHUNK):
-        yield chunk
-
-
 def download_verified(
     client: S3Client, bucket: str, obj: _Object, out: BinaryIO, checksum: str | None
 ) -> None:
@@ -166,39 +209,16 @@ def download_verified(
     if obj.etag:
         request["IfMatch"] = obj.etag
     part_size = 0
-    if checksum and checksum.rpartition("-")[2].isdigit() and "-" in checksum:
+    if checksum and is_composite(checksum):
         part_size = int(client.head_object(**request, PartNumber=1)["ContentLength"])
+    hasher = PartHasher(part_size or _CHUNK)
     body = client.get_object(**request)["Body"]
-    whole = hashlib.sha256()
-    part = hashlib.sha256()
-    fill = 0
-    digests: list[bytes] = []
-    for chunk in _body_chunks(body):
+    while chunk := body.read(_CHUNK):
         out.write(chunk)
-        if not checksum:
-            continue
-        if not part_size:
-            whole.update(chunk)
-            continue
-        view = memoryview(chunk)
-        while len(view):
-            take = min(len(view), part_size - fill)
-            part.update(view[:take])
-            fill += take
-            view = view[take:]
-            if fill == part_size:
-                digests.append(part.digest())
-                part, fill = hashlib.sha256(), 0
-    if not checksum:
-        return
-    if part_size:
-        if fill:
-            digests.append(part.digest())
-        got = f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
-    else:
-        got = base64.b64encode(whole.digest()).decode()
-    if got != checksum:
+        if checksum:
+            hasher.update(chunk)
+    if checksum and hasher.checksum(bool(part_size)) != checksum:
         raise ChecksumMismatchError(
-            f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to {got}, "
-            f"the spec records {checksum}; the object was altered after publishing"
+            f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to "
+            f"{hasher.checksum(bool(part_size))}, the spec records {checksum}; the object was altered after publishing"
         )

@@ -1,0 +1,80 @@
+"""S3's ChecksumSHA256 forms, computed while bytes stream: plain (one PUT) and composite (multipart, `-N`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def b64(digest: bytes) -> str:
+    """Base64, as S3 writes checksums."""
+    return base64.b64encode(digest).decode()
+
+
+def is_composite(checksum: str) -> bool:
+    """True for S3's multipart form `<base64>-<parts>`."""
+    head, dash, parts = checksum.rpartition("-")
+    return bool(dash and head and parts.isdigit())
+
+
+class PartHasher:
+    """Hashes a byte stream whole and in parts of `part_size` bytes, for either checksum form."""
+
+    def __init__(self, part_size: int) -> None:
+        self.part_size = part_size
+        self.size = 0
+        self._whole = hashlib.sha256()
+        self._part = hashlib.sha256()
+        self._fill = 0
+        self._digests: list[bytes] = []
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next bytes."""
+        view = memoryview(data)
+        self._whole.update(view)
+        self.size += len(view)
+        while len(view):
+            take = min(len(view), self.part_size - self._fill)
+            self._part.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size:
+                self._digests.append(self._part.digest())
+                self._part, self._fill = hashlib.sha256(), 0
+
+    def checksum(self, multipart: bool) -> str:
+        """The SHA-256 of the bytes (single PUT), or the composite of the parts' digests with `-N`."""
+        if not multipart:
+            return b64(self._whole.digest())
+        digests = self._digests + ([self._part.digest()] if self._fill else [])
+        return f"{b64(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
+
+
+def part_size_candidates(total: int, parts: int) -> list[int]:
+    """Whole-MiB part sizes that split `total` bytes into exactly `parts` parts, as SDKs choose them."""
+    if parts <= 1:
+        return [max(total, 1)]
+    low = -(-total // parts)  # n parts of p bytes must hold the total
+    high = (total - 1) // (parts - 1)  # and n-1 parts must not
+    first = -(-max(low, 5 * MiB) // MiB)
+    return [mib * MiB for mib in range(first, high // MiB + 1)][:64]
+
+
+def file_matches(path: Path, checksum: str) -> bool:
+    """True when the file's bytes have S3 checksum `checksum`, in either form (composite: any SDK part size)."""
+    total = path.stat().st_size
+    if not is_composite(checksum):
+        sizes, multipart = [max(total, 1)], False
+    else:
+        sizes, multipart = part_size_candidates(total, int(checksum.rpartition("-")[2])), True
+    for size in sizes:
+        hasher = PartHasher(size)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(MiB):
+                hasher.update(chunk)
+        if hasher.checksum(multipart) == checksum:
+            return True
+    return False
