@@ -8,6 +8,7 @@ A server that cannot start raises `ServerStartError` with the tail of its log: n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -157,6 +159,8 @@ class KuboServer:
     """A Kubo (`ipfs`) daemon, offline, everything on 127.0.0.1, its repo in `repo_dir`."""
 
     repo_dir: Path
+    auth: str | None = None  # Authorization header for the readiness probe, when the API requires one
+    config: dict[str, Any] = field(default_factory=dict)  # extra `ipfs config --json KEY VALUE` before start
     proc: subprocess.Popen[bytes] | None = None
     api_url: str = ""
     gateway_url: str = ""
@@ -177,11 +181,13 @@ class KuboServer:
             if done.returncode != 0:
                 raise ServerStartError(f"ipfs init failed: {done.stderr.decode(errors='replace')}")
         api, gateway = free_port(), free_port()
-        for key, value in (
-            ("Addresses.API", f"/ip4/127.0.0.1/tcp/{api}"),
-            ("Addresses.Gateway", f"/ip4/127.0.0.1/tcp/{gateway}"),
-        ):
-            done = self._ipfs("config", key, value)
+        settings = {
+            **self.config,
+            "Addresses.API": f"/ip4/127.0.0.1/tcp/{api}",
+            "Addresses.Gateway": f"/ip4/127.0.0.1/tcp/{gateway}",
+        }
+        for key, value in settings.items():
+            done = self._ipfs("config", "--json", key, json.dumps(value))
             if done.returncode != 0:
                 raise ServerStartError(f"ipfs config {key} failed: {done.stderr.decode(errors='replace')}")
         (self.repo_dir / "api").unlink(missing_ok=True)
@@ -192,7 +198,8 @@ class KuboServer:
             )
         self.api_url = f"http://127.0.0.1:{api}"
         self.gateway_url = f"http://127.0.0.1:{gateway}"
-        probe = httpx.Request("POST", f"{self.api_url}/api/v0/version")
+        headers = {"Authorization": self.auth} if self.auth else {}
+        probe = httpx.Request("POST", f"{self.api_url}/api/v0/version", headers=headers)
         _wait_ready("Kubo", self.proc, self.log_path, probe)
         return self
 

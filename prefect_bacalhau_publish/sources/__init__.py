@@ -2,8 +2,9 @@
 
 `dest` is where the input materialises (the job's Target); it must not exist yet or be an empty folder.
 A folder-like input (S3 prefix, IPFS directory, extracted archive) becomes a folder at `dest`; a single
-object becomes a folder at `dest` holding that one file, named after the last part of its key or URL
-(as Bacalhau mounts it). On any failure `dest` is left as it was.
+S3 object or URL becomes a folder at `dest` holding that one file, named after the last part of its key
+or URL (as Bacalhau mounts it); an IPFS file CID becomes a file at `dest` (as Bacalhau mounts a CID).
+On any failure `dest` is left as it was.
 """
 
 from __future__ import annotations

@@ -1,0 +1,322 @@
+"""A small Kubo RPC client over httpx: POST only, streamed bodies, clear errors, no secrets in messages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote_plus
+
+import httpx
+
+from ..errors import FetchError, IPFSPublishError
+from .duplex import DuplexTransport
+from .unixfs import Entry, ImportParams, scan
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from ..blocks import IPFSNode
+
+__all__ = ["MIN_VERSION", "AddTap", "KuboClient", "add_flags"]
+
+MIN_VERSION = (0, 20, 0)
+"""Oldest Kubo this client talks to (the RPC shapes used here are stable since then)."""
+
+_READ_SIZE = 1024 * 1024
+ErrorType = type[IPFSPublishError] | type[FetchError]
+
+
+class AddTap(Protocol):
+    """Sees every file's bytes exactly as they are sent to Kubo (to compute the CID in the same pass)."""
+
+    def file_data(self, entry: Entry, data: bytes) -> None: ...
+
+    def file_done(self, entry: Entry) -> None: ...
+
+
+def add_flags(params: ImportParams, *, pin: bool) -> dict[str, str]:
+    """Every `/api/v0/add` flag that decides the CID, spelled out so the node's defaults never apply."""
+    flag = {True: "true", False: "false"}
+    return {
+        "cid-version": str(params.cid_version),
+        "raw-leaves": flag[params.raw_leaves],
+        "chunker": params.chunker,
+        "hash": "sha2-256",
+        "max-file-links": str(params.max_file_links),
+        "max-directory-links": str(params.max_directory_links),
+        "max-hamt-fanout": str(params.hamt_fanout),
+        "trickle": "false",
+        "inline": "false",
+        "wrap-with-directory": "false",
+        "empty-dirs": "true",
+        "pin": flag[pin],
+        "progress": "false",
+    }
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`0.42.0-rc1` → (0, 42, 0); ValueError when there is no version number."""
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if match is None:
+        raise ValueError(f"not a version: {text!r}")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def _part_header(boundary: str, name: bytes, content_type: str) -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quote_plus(name, safe="")}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode("ascii")
+
+
+class KuboClient:
+    """Talks to one Kubo node's RPC API; raises `error` (IPFSPublishError or FetchError) on any failure.
+
+    Plain-http APIs use `DuplexTransport` (uploads never deadlock, trailers are seen); https APIs use
+    httpx's own transport, which sends a whole upload before reading the answer.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        auth: SecretStr | None = None,
+        timeout: float = 300.0,
+        error: ErrorType = IPFSPublishError,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._error = error
+        headers = {"Authorization": auth.get_secret_value()} if auth is not None else {}
+        transport: httpx.BaseTransport | None = (
+            DuplexTransport(timeout) if self.api_url.startswith("http://") else None
+        )
+        self._http = httpx.Client(
+            base_url=f"{self.api_url}/api/v0",
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            trust_env=False,
+        )
+
+    @classmethod
+    def from_node(cls, node: IPFSNode, *, error: ErrorType = IPFSPublishError) -> KuboClient:
+        """A client for an IPFSNode block (its address may be a multiaddr or a URL)."""
+        try:
+            url = node.api_url
+        except ValueError as exc:
+            raise error(f"IPFSNode.api_address is not usable: {exc}") from None
+        return cls(url, auth=node.auth, timeout=node.timeout, error=error)
+
+    def close(self) -> None:
+        """Close the underlying HTTP client."""
+        self._http.close()
+
+    def __enter__(self) -> KuboClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _stream(
+        self, path: str, params: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Iterator[httpx.Response]:
+        """POST and yield the streaming response once it is known to be a success."""
+        try:
+            with self._http.stream("POST", path, params=params, **kwargs) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise self._error(self._describe(path, response))
+                yield response
+                trailer = response.extensions.get("trailers", {}).get("x-stream-error")
+                if trailer:
+                    raise self._error(f"Kubo at {self.api_url} failed during {path}: {trailer}")
+        except httpx.TransportError as exc:
+            raise self._error(self._unreachable(path, exc)) from None
+
+    def _describe(self, path: str, response: httpx.Response) -> str:
+        status = response.status_code
+        try:
+            message = str(response.json().get("Message") or response.text)
+        except (ValueError, AttributeError):
+            message = response.text.strip() or response.reason_phrase
+        if status in (401, 403):
+            return (
+                f"Kubo at {self.api_url} refused {path} ({status} {message.strip()}): "
+                "check IPFSNode.auth and the node's API.Authorizations"
+            )
+        return f"Kubo at {self.api_url} failed on {path} ({status}): {message.strip()}"
+
+    def _unreachable(self, path: str, exc: Exception) -> str:
+        if isinstance(exc, httpx.TimeoutException):
+            return f"Kubo at {self.api_url} did not answer {path} in time ({type(exc).__name__}): {exc}"
+        if isinstance(exc, httpx.ConnectError):
+            return f"cannot reach the Kubo RPC API at {self.api_url}: {exc}; is the Kubo daemon running?"
+        return f"connection to Kubo at {self.api_url} broke during {path}: {exc}"
+
+    def _json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        with self._stream(path, params) as response:
+            body = response.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise self._error(f"Kubo at {self.api_url} sent an unreadable answer to {path}") from None
+
+    def _ndjson(self, response: httpx.Response, path: str) -> Iterator[dict[str, Any]]:
+        for line in response.iter_lines():
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise self._error(f"Kubo at {self.api_url} sent an unreadable line on {path}") from None
+            if not isinstance(item, dict):
+                raise self._error(f"Kubo at {self.api_url} sent an unexpected line on {path}")
+            if item.get("Type") == "error" or ("Message" in item and "Code" in item):
+                raise self._error(f"Kubo at {self.api_url} failed during {path}: {item.get('Message')}")
+            yield item
+
+    # ------------------------------------------------------------------------------------- commands
+
+    def version(self) -> tuple[int, int, int]:
+        """The node's Kubo version; raises when it is older than MIN_VERSION."""
+        answer = self._json("/version")
+        text = str(answer.get("Version", "")) if isinstance(answer, dict) else ""
+        try:
+            version = parse_version(text)
+        except ValueError:
+            raise self._error(
+                f"{self.api_url} does not look like a Kubo RPC API (version {text!r})"
+            ) from None
+        if version < MIN_VERSION:
+            wanted = ".".join(map(str, MIN_VERSION))
+            raise self._error(
+                f"Kubo {text} at {self.api_url} is too old: version {wanted} or newer is required"
+            )
+        return version
+
+    def config_get(self, key: str) -> Any:
+        """A node config value (None when unset); raises when the key is unknown or not readable."""
+        answer = self._json("/config", {"arg": key})
+        return answer.get("Value") if isinstance(answer, dict) else None
+
+    def add_folder(
+        self,
+        path: Path,
+        flags: Mapping[str, str],
+        *,
+        tree: Entry | None = None,
+        tap: AddTap | None = None,
+        read_size: int = _READ_SIZE,
+    ) -> str:
+        """Add a folder (hidden files included) as one multipart request; returns the folder's CID."""
+        tree = tree if tree is not None else scan(path)
+        if tree.kind != "dir":
+            raise self._error(f"{path} is not a folder")
+        root_name = tree.name if tree.name not in (b"", b".", b"..") else b"result"
+        boundary = uuid.uuid4().hex
+        body = self._multipart(tree, root_name, boundary, tap, read_size)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        root_str = os.fsdecode(root_name)
+        root_cid: str | None = None
+        with self._stream("/add", flags, content=body, headers=headers) as response:
+            for item in self._ndjson(response, "/add"):
+                if item.get("Name") == root_str and "Hash" in item:
+                    root_cid = str(item["Hash"])
+        if root_cid is None:
+            raise self._error(f"Kubo at {self.api_url} did not report a CID for the folder {path}")
+        return root_cid
+
+    def _multipart(
+        self, tree: Entry, root_name: bytes, boundary: str, tap: AddTap | None, read_size: int
+    ) -> Iterator[bytes]:
+        """The body `ipfs add -r` sends: each folder's part, then its children's, depth first."""
+        stack: list[tuple[Entry, bytes]] = [(tree, root_name)]
+        while stack:
+            entry, name = stack.pop()
+            if entry.kind == "dir":
+                yield _part_header(boundary, name, "application/x-directory") + b"\r\n"
+                stack.extend((child, name + b"/" + child.name) for child in reversed(entry.children))
+            elif entry.kind == "symlink":
+                yield _part_header(boundary, name, "application/symlink") + entry.target + b"\r\n"
+            else:
+                yield _part_header(boundary, name, "application/octet-stream")
+                yield from self._file_body(entry, tap, read_size)
+                yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode("ascii")
+
+    def _file_body(self, entry: Entry, tap: AddTap | None, read_size: int) -> Iterator[bytes]:
+        try:
+            with open(entry.path, "rb") as handle:
+                while chunk := handle.read(read_size):
+                    if tap is not None:
+                        tap.file_data(entry, chunk)
+                    yield chunk
+        except OSError as exc:
+            raise self._error(f"cannot read {entry.path} while adding it: {exc}") from None
+        if tap is not None:
+            tap.file_done(entry)
+
+    def pin_add(self, cid: str) -> None:
+        """Pin a CID recursively."""
+        answer = self._json("/pin/add", {"arg": cid, "recursive": "true"})
+        pins = answer.get("Pins") if isinstance(answer, dict) else None
+        if not isinstance(pins, list) or not pins:
+            raise self._error(f"Kubo at {self.api_url} did not confirm the pin of {cid}")
+
+    def dag_import(self, car: Iterable[bytes], *, pin: bool) -> list[str]:
+        """Import a CAR stream (one multipart file); with `pin`, pins and returns the header's roots.
+
+        Kubo reports roots only when it pins them: without `pin` the list is empty (see `dag_stat`).
+        """
+        boundary = uuid.uuid4().hex
+
+        def body() -> Iterator[bytes]:
+            yield _part_header(boundary, b"dag.car", "application/octet-stream")
+            yield from car
+            yield f"\r\n--{boundary}--\r\n".encode("ascii")
+
+        params = {"pin-roots": "true" if pin else "false", "stats": "false", "allow-big-block": "false"}
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        roots: list[str] = []
+        with self._stream("/dag/import", params, content=body(), headers=headers) as response:
+            for item in self._ndjson(response, "/dag/import"):
+                root = item.get("Root")
+                if not isinstance(root, dict):
+                    continue
+                if root.get("PinErrorMsg"):
+                    raise self._error(
+                        f"Kubo at {self.api_url} could not pin the imported DAG: {root['PinErrorMsg']}"
+                    )
+                cid = root.get("Cid")
+                roots.append(str(cid.get("/") if isinstance(cid, dict) else cid))
+        return roots
+
+    def dag_stat(self, cid: str) -> int:
+        """How many blocks the DAG under `cid` has; raises unless the node holds all of them."""
+        answer = self._json("/dag/stat", {"arg": cid, "progress": "false"})
+        stats = answer.get("DagStats") if isinstance(answer, dict) else None
+        if not isinstance(stats, list) or not stats:
+            raise self._error(f"Kubo at {self.api_url} sent no statistics for {cid}")
+        return int(stats[0].get("NumBlocks", 0))
+
+    @contextlib.contextmanager
+    def dag_export(self, cid: str) -> Iterator[Iterator[bytes]]:
+        """Stream the CAR (v1) of the whole DAG under `cid`."""
+        with self._stream("/dag/export", {"arg": cid, "progress": "false"}) as response:
+            yield response.iter_bytes()
+
+    @contextlib.contextmanager
+    def cat(self, cid: str) -> Iterator[Iterator[bytes]]:
+        """Stream the bytes of the UnixFS file `cid`."""
+        with self._stream("/cat", {"arg": cid, "progress": "false"}) as response:
+            yield response.iter_bytes()

@@ -1,0 +1,208 @@
+"""The `ipfs` publisher: add a result folder to a Kubo node and return its root CID, verified locally.
+
+The folder (hidden files included) goes to `/api/v0/add` as one multipart request with every CID-deciding
+flag of the block's `cid_profile` sent explicitly; the same bytes feed a local UnixFS import as they are
+sent, and a node CID that differs from the local one is refused.
+
+Two import settings cannot be sent with `add`: the HAMT sharding threshold and its size-estimation mode are
+node config (`Import.UnixFSHAMTDirectorySize*`). They only matter for folders with thousands of entries, so
+the publisher reads them (when the node allows), compares the DAG shape the node would build with the
+profile's own (no file contents needed) and, only when they differ, builds the CAR locally and sends it
+through `/api/v0/dag/import` instead: the published CID is always the profile's, whatever the node's config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..blocks import IPFSNode
+from ..errors import IPFSPublishError
+from ..kubo.car import encode_frame, encode_header
+from ..kubo.cid import CID
+from ..kubo.rpc import KuboClient, add_flags
+from ..kubo.unixfs import (
+    PROFILES,
+    Entry,
+    FileBuilder,
+    ImportParams,
+    Link,
+    SizeEstimation,
+    UnsupportedEntryError,
+    build_tree,
+    cid_string,
+    import_tree,
+    iter_blocks,
+    scan,
+    shape_cid,
+)
+from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+
+__all__ = ["node_import_params", "publish", "publish_folder"]
+
+logger = logging.getLogger(__name__)
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_DEFAULT_THRESHOLD = 256 * 1024
+_ESTIMATIONS: dict[str, SizeEstimation] = {"links": "links", "block": "block", "disabled": "disabled"}
+
+
+def _config(client: KuboClient, key: str) -> Any:
+    """A node config value, or None when unset or not readable (an auth token limited to some paths)."""
+    try:
+        return client.config_get(key)
+    except IPFSPublishError as exc:
+        logger.debug("cannot read %s from the node, assuming Kubo's default: %s", key, exc)
+        return None
+
+
+def _parse_bytes(value: Any) -> int:
+    """`262144`, `"256KiB"`, `"1MB"` → bytes; Kubo's default threshold when unset or unreadable."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "").lower()
+        number = text.rstrip("kmgib")
+        unit = text[len(number) :]
+        if number.isdigit() and unit in _UNITS:
+            return int(number) * _UNITS[unit]
+    return _DEFAULT_THRESHOLD
+
+
+def node_import_params(
+    client: KuboClient, params: ImportParams, version: tuple[int, int, int]
+) -> ImportParams:
+    """The settings this node applies to an `add` carrying `params`' flags (its HAMT config, its version)."""
+    if version < (0, 35, 0):  # no max-*-links/fanout flags yet: fixed defaults, older config key
+        threshold = _parse_bytes(_config(client, "Internal.UnixFSShardingSizeThreshold"))
+        return replace(
+            params,
+            max_file_links=174,
+            max_directory_links=0,
+            hamt_fanout=256,
+            hamt_threshold=threshold,
+            size_estimation="links",
+        )
+    threshold = _parse_bytes(_config(client, "Import.UnixFSHAMTDirectorySizeThreshold"))
+    mode = _config(client, "Import.UnixFSHAMTDirectorySizeEstimation") if version >= (0, 40, 0) else None
+    return replace(params, hamt_threshold=threshold, size_estimation=_ESTIMATIONS.get(str(mode), "links"))
+
+
+class _Tap:
+    """Builds each file's DAG from the bytes as they are sent to the node."""
+
+    def __init__(self, params: ImportParams) -> None:
+        self._params = params
+        self._links: dict[Entry, Link] = {}
+        self._current: tuple[Entry, FileBuilder] | None = None
+
+    def file_data(self, entry: Entry, data: bytes) -> None:
+        if self._current is None or self._current[0] is not entry:
+            self._current = (entry, FileBuilder(self._params))
+        self._current[1].write(data)
+
+    def file_done(self, entry: Entry) -> None:
+        builder = (
+            self._current[1] if self._current and self._current[0] is entry else FileBuilder(self._params)
+        )
+        self._links[entry] = builder.finish()
+        self._current = None
+
+    def link(self, entry: Entry) -> Link:
+        try:
+            return self._links[entry]
+        except KeyError:
+            raise IPFSPublishError(f"{entry.path} was not sent to the node") from None
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return CID.parse(a) == CID.parse(b)
+    except ValueError:
+        return False
+
+
+def _publish_by_add(client: KuboClient, tree: Entry, params: ImportParams, profile: str, pin: bool) -> str:
+    tap = _Tap(params)
+    node_cid = client.add_folder(
+        tree.path, add_flags(params, pin=pin), tree=tree, tap=tap, read_size=params.chunk_size
+    )
+    local = cid_string(build_tree(tree, params, tap.link).cid)
+    if not _same(node_cid, local):
+        raise IPFSPublishError(
+            f"Kubo at {client.api_url} made {node_cid} of {tree.path}, but the {profile} profile gives "
+            f"{local}: the node applies other import settings (check its Import.* config); "
+            f"refusing to publish {node_cid}" + (" (the node keeps it pinned)" if pin else "")
+        )
+    return local
+
+
+def _car_stream(tree: Entry, params: ImportParams, root: Link) -> Iterator[bytes]:
+    """The CAR of the folder: header with the known root, then every block as it is rebuilt."""
+    yield encode_header([root.cid])
+    blocks = iter_blocks(tree, params)
+    while True:
+        try:
+            cid, block = next(blocks)
+        except StopIteration as done:
+            if done.value.cid != root.cid:
+                raise IPFSPublishError(f"{tree.path} changed while it was being published") from None
+            return
+        yield encode_frame(cid, block)
+
+
+def _publish_by_car(client: KuboClient, tree: Entry, params: ImportParams, pin: bool) -> str:
+    root = import_tree(tree, params)
+    local = cid_string(root.cid)
+    roots = client.dag_import(_car_stream(tree, params, root), pin=pin)
+    if pin and not any(_same(local, r) for r in roots):
+        raise IPFSPublishError(f"Kubo at {client.api_url} imported roots {roots}, expected {local}")
+    if not pin:
+        client.dag_stat(local)  # the node must now hold the whole DAG
+    return local
+
+
+def publish_folder(result_dir: Path, node: IPFSNode) -> str:
+    """Publish a folder to the node; returns its root CID (the `cid_profile`'s CID, checked locally)."""
+    params = PROFILES[node.cid_profile]
+    if not result_dir.is_dir():
+        raise IPFSPublishError(f"result folder {result_dir} does not exist or is not a folder")
+    try:
+        tree = scan(result_dir.resolve() if result_dir.is_symlink() else result_dir)
+    except (OSError, UnsupportedEntryError) as exc:
+        raise IPFSPublishError(f"cannot read result folder {result_dir}: {exc}") from None
+    with KuboClient.from_node(node) as client:
+        version = client.version()
+        applied = node_import_params(client, params, version)
+        if shape_cid(tree, params) == shape_cid(tree, applied):
+            return _publish_by_add(client, tree, params, node.cid_profile, node.pin)
+        logger.info(
+            "Kubo at %s would shard %s differently from the %s profile (its Import.* config); "
+            "publishing a locally built CAR through dag/import instead",
+            client.api_url,
+            result_dir,
+            node.cid_profile,
+        )
+        return _publish_by_car(client, tree, params, node.pin)
+
+
+def publish(
+    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: IPFSNode | None
+) -> PublishedResult:
+    """Publish `result_dir` to IPFS: `{"Type": "ipfs", "Params": {"CID": ...}}`, pinned when `target.pin`."""
+    if spec.type != "ipfs":
+        raise IPFSPublishError(f"invalid publisher type. expected ipfs, but received: {spec.type}")
+    cid = publish_folder(Path(result_dir), target if target is not None else IPFSNode())
+    return PublishedResult.model_validate({"Type": "ipfs", "Params": {"CID": cid}})

@@ -1,0 +1,87 @@
+"""The `ipfs` input source: fetch a CID from a Kubo node as a CAR, verify every block, write it safely.
+
+A folder CID becomes a folder at `dest`, a file CID a file at `dest`. The CAR is spooled into a temporary
+folder beside `dest`, indexed with every block's hash checked, then the DAG is written there and renamed
+into place only when complete; on any failure `dest` is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..blocks import IPFSNode
+from ..errors import FetchError
+from ..kubo.car import CarStore
+from ..kubo.cid import CID
+from ..kubo.export import export_dag
+from ..kubo.rpc import KuboClient
+from ..specs import IPFSParams, SourceSpec
+
+__all__ = ["fetch", "fetch_cid"]
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise FetchError(f"destination {dest} already exists and is not an empty folder")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise FetchError(f"destination {dest} is not empty")
+
+
+def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
+    with client.dag_export(str(cid)) as chunks, open(car_path, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+
+
+def _place(built: Path, dest: Path) -> None:
+    """Move the finished tree onto `dest` (replacing an empty folder there)."""
+    was_empty_dir = dest.is_dir()
+    if was_empty_dir:
+        dest.rmdir()
+    try:
+        os.replace(built, dest)
+    except OSError as exc:
+        if was_empty_dir:
+            with contextlib.suppress(OSError):
+                dest.mkdir()
+        raise FetchError(f"cannot move the fetched result into {dest}: {exc}") from None
+
+
+def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
+    """Fetch `cid` from `node` (default: the local Kubo RPC API) into `dest`; returns `dest`."""
+    node = node or IPFSNode()
+    try:
+        root = CID.parse(cid)
+    except ValueError as exc:
+        raise FetchError(str(exc)) from None
+    dest = Path(dest)
+    _check_dest(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.ipfs-", dir=dest.parent))
+    try:
+        with KuboClient.from_node(node, error=FetchError) as client:
+            client.version()
+            _spool(client, root, work / "dag.car")
+        with CarStore.load(work / "dag.car") as store:
+            if not any(r.multihash == root.multihash and r.codec == root.codec for r in store.roots):
+                roots = ", ".join(map(str, store.roots)) or "nothing"
+                raise FetchError(f"the CAR from {client.api_url} is rooted at {roots}, not at {root}")
+            export_dag(store, root, work / "out")
+        _place(work / "out", dest)
+    except OSError as exc:
+        raise FetchError(f"cannot write the content of {cid} under {dest.parent}: {exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def fetch(source: SourceSpec, dest: Path, target: IPFSNode | None) -> Path:
+    """Materialise an `ipfs` input source (`{"CID": ...}`) at `dest`, verified block by block."""
+    params = source.params
+    if not isinstance(params, IPFSParams):
+        raise FetchError(f"invalid storage source type. expected ipfs, but received: {source.type}")
+    return fetch_cid(params.cid, dest, target)
