@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,fast]"
+	$(PY) -m pip install --quiet -e ".[dev,fast,ipfshttpclient]"
 	touch $(STAMP)
 
 venv: $(STAMP)

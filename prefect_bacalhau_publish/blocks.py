@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials, MinIOCredentials
@@ -153,6 +154,21 @@ class IPFSNode(Block):
         """The RPC API as an http(s) base URL."""
         return multiaddr_to_url(self.api_address)
 
+    def get_client(self) -> Any:
+        """An `ipfshttpclient.Client` for your own calls (extra `ipfshttpclient`), without its version gate.
+
+        `ipfshttpclient.connect()` refuses every Kubo newer than 0.8; the client itself works with today's
+        Kubo for ordinary calls. The publisher does not use it (it talks to the RPC API directly).
+        """
+        try:
+            import ipfshttpclient
+        except ImportError as exc:
+            raise ImportError(
+                "IPFSNode.get_client() needs the optional extra: pip install 'prefect-bacalhau-publish[ipfshttpclient]'"
+            ) from exc
+        headers = {"Authorization": self.auth.get_secret_value()} if self.auth is not None else {}
+        return ipfshttpclient.Client(_to_multiaddr(self.api_address), headers=headers, timeout=self.timeout)
+
 
 def multiaddr_to_url(address: str) -> str:
     """`/ip4/127.0.0.1/tcp/5001` (or `/dns/host/tcp/N/https`) → `http://127.0.0.1:5001`; URLs pass through."""
@@ -164,6 +180,17 @@ def multiaddr_to_url(address: str) -> str:
     host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]
     scheme = "https" if "https" in parts[4:] or "tls" in parts[4:] else "http"
     return f"{scheme}://{host}:{parts[3]}"
+
+
+def _to_multiaddr(address: str) -> str:
+    """A URL API address as the multiaddr ipfshttpclient expects; multiaddrs pass through."""
+    if not address.startswith(("http://", "https://")):
+        return address
+    parsed = urlparse(address)
+    host = parsed.hostname or "127.0.0.1"
+    proto = "ip6" if ":" in host else ("ip4" if host.replace(".", "").isdigit() else "dns")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"/{proto}/{host}/tcp/{port}/{parsed.scheme}"
 
 
 def _default_storage_dir() -> Path:
