@@ -172,3 +172,41 @@ def test_run_job_python_callable(s3_storage: S3Storage, bucket: str, tmp_path: P
     dest = get_result.fn(job.published, tmp_path / "r", s3=s3_storage)
     assert (dest / "outputs" / "hello.txt").read_text() == "from python\n"
     assert (dest / "stdout").read_text() == "printed\n"
+
+
+def test_ipfs_chain_and_cli_get(kubo: Any, tmp_path: Path) -> None:
+    from prefect_bacalhau_publish import IPFSNode
+    from prefect_bacalhau_publish.cli import app
+    from prefect_bacalhau_publish.specs import IPFSParams
+
+    node = IPFSNode(api_address=kubo.api_multiaddr, gateway_url=kubo.gateway_url)
+
+    @flow
+    def ipfs_chain() -> tuple[Any, Any]:
+        a = run_job(
+            "printf 'a\\nb\\n' > outputs/lines.txt; touch outputs/.hidden", publisher="ipfs", ipfs=node
+        )
+        assert a.published is not None
+        b = run_job(
+            "wc -l < inputs/a/outputs/lines.txt > outputs/count.txt",
+            publisher="ipfs",
+            inputs=[a.published.to_input_source("/inputs/a")],
+            ipfs=node,
+        )
+        return a, b
+
+    state = ipfs_chain(return_state=True)
+    assert state.is_completed()
+    a, b = state.result()
+    assert isinstance(a.published.params, IPFSParams) and a.published.params.cid != b.published.params.cid
+    assert isinstance(b.published.params, IPFSParams)
+    links = [x for x in artifacts_of(state.state_details.flow_run_id) if x.type != "table"]
+    assert any(f"{kubo.gateway_url}/ipfs/{b.published.params.cid}" in (x.data or "") for x in links)
+    node.save("cli-ipfs", overwrite=True)
+    spec_file = tmp_path / "b.json"
+    spec_file.write_text(json.dumps(b.published.to_bacalhau()))
+    with pytest.raises(SystemExit) as ended:
+        app(["get", str(spec_file), "-o", str(tmp_path / "got"), "--ipfs-block", "cli-ipfs"])
+    assert ended.value.code in (0, None)
+    assert (tmp_path / "got" / "outputs" / "count.txt").read_text().strip() == "2"
+    assert (tmp_path / "got" / "exitCode").read_text() == "0"
