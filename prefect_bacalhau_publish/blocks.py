@@ -60,10 +60,12 @@ class S3Storage(Block):
         default=timedelta(hours=1), description="How long presigned download URLs stay valid."
     )
     multipart_threshold: int = Field(
-        default=16 * MiB, ge=5 * MiB, description="Objects larger than this many bytes upload in parts."
+        default=8 * MiB, ge=5 * MiB, description="Objects larger than this many bytes upload in parts."
     )
     multipart_chunksize: int = Field(
-        default=16 * MiB, ge=5 * MiB, description="Size in bytes of each part of a multipart upload."
+        default=16 * MiB,
+        ge=5 * MiB,
+        description="Size in bytes of each part of a multipart upload; an archive can hold up to 10 000 parts.",
     )
     max_concurrency: int = Field(
         default=8, ge=1, le=64, description="Parallel transfers (parts, or files of a plain result)."
