@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv servers test lint typecheck pytest demo bench clean
+.PHONY: venv servers chromium test lint typecheck pytest demo bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -21,6 +21,9 @@ venv: $(STAMP)
 servers:
 	scripts/test-servers
 
+chromium:
+	scripts/ensure-chromium
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -28,7 +31,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv servers
+pytest: venv servers chromium
 	$(VENV)/bin/pytest -n 2 --dist loadfile -p no:cacheprovider
 
 test: lint typecheck pytest
@@ -37,6 +40,7 @@ demo: venv servers
 	$(PY) flows/demo.py
 
 bench: venv servers
+	@command -v pigz >/dev/null || { apt-get update -q && apt-get install -y -q pigz; }
 	$(PY) bench/run.py
 
 clean:

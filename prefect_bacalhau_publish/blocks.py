@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials, MinIOCredentials
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -73,6 +73,15 @@ class S3Storage(Block):
 
     _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = PrivateAttr(default_factory=dict)
 
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credentials_block_type(cls, value: Any) -> Any:
+        """A saved nested block loads as a plain dict: pick its type by its fields, not union order."""
+        if isinstance(value, dict) and "block_type_slug" not in value:
+            slug = "minio-credentials" if "minio_root_user" in value else "aws-credentials"
+            return {**value, "block_type_slug": slug}
+        return value
+
     def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
         """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's.
 
@@ -108,6 +117,7 @@ class S3Storage(Block):
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=max(10, self.max_concurrency * 2),
+            signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if endpoint else None,
