@@ -245,6 +245,9 @@ class LocalResultServer(Block):
     max_total_bytes: int | None = Field(
         default=None, ge=0, description="Delete the oldest results while the folder holds more than this."
     )
+    prune_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between retention passes of a running result server."
+    )
 
     def resolved_address(self) -> str:
         """The host that goes into result URLs: a given name/IP, or the first IPv4 of an address type."""

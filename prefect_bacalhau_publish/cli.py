@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from cyclopts import App, Parameter
 from rich.console import Console
@@ -198,6 +198,116 @@ def publish(
             folder, spec, ExecutionContext.new(job_id=job_id), **_blocks(s3_block, ipfs_block, local_block)
         )
     out.print_json(json.dumps(result.to_bacalhau()))
+
+
+def _local_config(block: str | None, **overrides: Any) -> Any:
+    from .blocks import LocalResultServer
+
+    config = cast(LocalResultServer, LocalResultServer.load(block)) if block else LocalResultServer()
+    changes = {name: value for name, value in overrides.items() if value is not None}
+    return config.model_copy(update=changes) if changes else config
+
+
+@app.command
+def serve(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    storage_dir: Path | None = None,
+    block: str | None = None,
+) -> None:
+    """Run the local result server (GET/HEAD with Range, nothing outside the storage folder).
+
+    Parameters
+    ----------
+    host
+        Interface to listen on (default: the block's, 0.0.0.0).
+    port
+        Port to listen on (default: the block's, 6001); 0 takes a free port.
+    storage_dir
+        Folder served (default: the block's).
+    block
+        Name of a saved LocalResultServer block to start from.
+    """
+    from .server import serve as run_server
+
+    config = _local_config(block, storage_dir=storage_dir)
+    err.print(
+        f"serving {config.storage_dir} on {host or config.host}:{config.port if port is None else port}"
+    )
+    run_server(config, host=host, port=port)
+
+
+@app.command
+def prune(
+    *,
+    storage_dir: Path | None = None,
+    max_age_hours: float | None = None,
+    max_total_bytes: int | None = None,
+    block: str | None = None,
+) -> None:
+    """Apply retention to the local result folder once: by age, then by total size (oldest first).
+
+    Parameters
+    ----------
+    storage_dir
+        Folder to prune (default: the block's).
+    max_age_hours
+        Delete results older than this many hours (default: the block's max_age).
+    max_total_bytes
+        Delete the oldest results while the folder holds more (default: the block's).
+    block
+        Name of a saved LocalResultServer block to start from.
+    """
+    from datetime import timedelta
+
+    from .retention import prune as prune_folder
+
+    config = _local_config(
+        block,
+        storage_dir=storage_dir,
+        max_age=timedelta(hours=max_age_hours) if max_age_hours is not None else None,
+        max_total_bytes=max_total_bytes,
+    )
+    if config.max_age is None and config.max_total_bytes is None:
+        raise FetchError(
+            "nothing to prune by: give --max-age-hours or --max-total-bytes (or set them on the block)"
+        )
+    removed = prune_folder(
+        Path(config.storage_dir), max_age=config.max_age, max_total_bytes=config.max_total_bytes
+    )
+    for path in removed:
+        out.print(f"removed {path}")
+    out.print(f"{len(removed)} result(s) removed from {config.storage_dir}")
+
+
+@app.command
+def readdress(old: str, new: str, files: list[Path]) -> None:
+    """Rewrite local-result URLs under OLD (e.g. http://10.0.0.5:6001) to NEW in spec files, in place.
+
+    The result server answers for any host name, so after a node's address or port changes only the URLs in
+    the saved specs need to change; the archives stay where they are.
+
+    Parameters
+    ----------
+    old
+        The base URL results were published under.
+    new
+        The base URL that now reaches the result server.
+    files
+        Published result spec files (JSON or YAML) to rewrite.
+    """
+    from .server import readdress as rebase
+    from .specs import load_result
+
+    for path in files:
+        before = load_result(path)
+        after = rebase(before, old, new)
+        if after != before:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(after.to_bacalhau(), indent=2) + "\n")
+            tmp.replace(path)
+            out.print(f"rewrote {path}")
 
 
 def main() -> None:
