@@ -78,12 +78,16 @@ def test_publisher_spec_accepted_by_bacalhau() -> None:
 
 
 def test_bacalhau_rejects_what_we_reject() -> None:
-    with pytest.raises(RuntimeError, match=re.escape("invalid s3 params. encoding must be either 'plain' or 'gzip'")):
+    with pytest.raises(
+        RuntimeError, match=re.escape("invalid s3 params. encoding must be either 'plain' or 'gzip'")
+    ):
         bacalhau(
             "decode-publisher",
             json.dumps({"Type": "s3", "Params": {"Bucket": "b", "Key": "k", "Encoding": "zstd"}}),
         )
-    with pytest.raises(ValueError, match=re.escape("invalid s3 params. encoding must be either 'plain' or 'gzip'")):
+    with pytest.raises(
+        ValueError, match=re.escape("invalid s3 params. encoding must be either 'plain' or 'gzip'")
+    ):
         PublisherSpec.model_validate(
             {"Type": "s3", "Params": {"Bucket": "b", "Key": "k", "Encoding": "zstd"}}
         )
