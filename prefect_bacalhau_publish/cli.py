@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -91,6 +91,20 @@ def _merge(parts: list[Path], dest: Path) -> None:
 
 
 @contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """A Rich progress line on stderr counting the bytes transferred; yields a function to relabel it."""
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+
+    from .progress import listening
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        with listening(lambda nbytes: bar.advance(task, nbytes)):
+            yield lambda label: bar.update(task, description=label)
+
+
+@contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     parent = dest.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +154,9 @@ def get(
     blocks = _blocks(s3_block, ipfs_block, local_block)
     with _staging(dest) as tmp:
         parts: list[Path] = []
-        with err.status("") as status:
+        with _progress() as bar:
             for index, result in enumerate(results):
-                status.update(f"fetching result {index + 1}/{len(results)} ({result.type}) and verifying it")
+                bar(f"result {index + 1}/{len(results)} ({result.type})")
                 parts.append(get_result.fn(result, tmp / "raw" / str(index), presigned=presigned, **blocks))
         final = tmp / "final"
         final.mkdir()
@@ -193,7 +207,8 @@ def publish(
     from .specs import ExecutionContext, parse_publisher_string
 
     spec = parse_publisher_string(target)
-    with err.status(f"publishing {folder} to {spec.type}"):
+    with _progress() as bar:
+        bar(f"publishing {folder.name} to {spec.type}")
         result = publish_to(
             folder, spec, ExecutionContext.new(job_id=job_id), **_blocks(s3_block, ipfs_block, local_block)
         )

@@ -30,6 +30,7 @@ from .specs import (
     ResultPath,
     S3Params,
     load_result,
+    parse_publisher_string,
 )
 
 __all__ = ["fetch_inputs", "get_result", "publish_result", "record_published", "run_job"]
@@ -51,6 +52,15 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:
         return is_transient(exc)
     return False
+
+
+def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec:
+    """A PublisherSpec from itself, its Bacalhau JSON object, or Bacalhau's CLI syntax (`s3://b/k,opt=...`)."""
+    if isinstance(spec, PublisherSpec):
+        return spec
+    if isinstance(spec, str):
+        return parse_publisher_string(spec)
+    return PublisherSpec.model_validate(spec)
 
 
 def _presign(result: PublishedResult, s3: S3Storage | None) -> str | None:
@@ -106,12 +116,7 @@ def publish_result(
 
     `spec` is a PublisherSpec, its JSON object, or Bacalhau's CLI syntax (`s3://bucket/key,opt=...`).
     """
-    from .specs import parse_publisher_string
-
-    if isinstance(spec, str):
-        spec = parse_publisher_string(spec)
-    elif not isinstance(spec, PublisherSpec):
-        spec = PublisherSpec.model_validate(spec)
+    spec = as_publisher(spec)
     context = context or ExecutionContext.current()
     log = _logger()
     log.info(
@@ -233,12 +238,7 @@ def run_job(
     Results are published also for a non-zero exit code (as Bacalhau does); with `fail_on_nonzero` the task
     then fails after publishing.
     """
-    from .specs import parse_publisher_string
-
-    if isinstance(publisher, str):
-        publisher = parse_publisher_string(publisher)
-    elif publisher is not None and not isinstance(publisher, PublisherSpec):
-        publisher = PublisherSpec.model_validate(publisher)
+    publisher = as_publisher(publisher) if publisher is not None else None
     context = ExecutionContext.current(job_id=job_id, node_id=node_id)
     log = _logger()
     log.info(

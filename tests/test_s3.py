@@ -323,3 +323,21 @@ def test_s3_presigned_spec_needs_no_credentials(
     with pytest.raises(ChecksumMismatchError):
         fetch_source(signed.to_input_source("/x").source, tmp_path / "again", s3=None)
     assert not (tmp_path / "again").exists()
+
+
+def test_transfers_report_progress(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    from prefect_bacalhau_publish.progress import listening
+
+    sent: list[int] = []
+    with listening(sent.append):
+        result = publish_to(result_dir, s3_spec(bucket, "progress"), CTX, s3=s3_storage)
+    size = s3_client.head_object(Bucket=bucket, Key=result.params.key)["ContentLength"]  # type: ignore[attr-defined]
+    assert sum(sent) == size
+    received: list[int] = []
+    with listening(received.append):
+        fetch_source(result.to_input_source("/x").source, tmp_path / "in", s3=s3_storage)
+    assert sum(received) == size
+    fetch_source(result.to_input_source("/x").source, tmp_path / "quiet", s3=s3_storage)
+    assert sum(received) == size  # a listener hears nothing once its block has ended

@@ -39,6 +39,7 @@ from ..kubo.unixfs import (
     scan,
     shape_cid,
 )
+from ..progress import advance
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 
 __all__ = ["node_import_params", "publish", "publish_folder"]
@@ -112,6 +113,7 @@ class _Tap:
         if self._current is None or self._current[0] is not entry:
             self._current = (entry, FileBuilder(self._params))
         self._current[1].write(data)
+        advance(len(data))
 
     def file_done(self, entry: Entry) -> None:
         builder = (

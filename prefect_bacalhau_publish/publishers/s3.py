@@ -21,6 +21,7 @@ from ..blocks import S3Storage
 from ..checksums import PartHasher
 from ..errors import PublishError, S3PublishError
 from ..naming import render_key
+from ..progress import advance
 from ..s3errors import explain
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 
@@ -92,6 +93,7 @@ class _HashingWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._sink.write(data)
         self.hasher.update(data)
+        advance(len(data))
         return len(data)
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ from ..kubo.car import CarStore
 from ..kubo.cid import CID
 from ..kubo.export import export_dag
 from ..kubo.rpc import KuboClient
+from ..progress import advance
 from ..specs import IPFSParams, SourceSpec
 
 __all__ = ["fetch", "fetch_cid"]
@@ -35,6 +36,7 @@ def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
     with client.dag_export(str(cid)) as chunks, open(car_path, "wb") as handle:
         for chunk in chunks:
             handle.write(chunk)
+            advance(len(chunk))
 
 
 def _place(built: Path, dest: Path) -> None:

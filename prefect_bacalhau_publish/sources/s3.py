@@ -17,6 +17,7 @@ from ..archive import extract_archive
 from ..blocks import S3Storage
 from ..checksums import PartHasher, file_matches, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
+from ..progress import advance
 from ..s3errors import explain
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import place
@@ -93,6 +94,7 @@ def _fetch_presigned(params: S3PreSignedParams, dest: Path) -> Path:
                 with open(download, "wb") as out:
                     for chunk in response.iter_bytes(_CHUNK):
                         out.write(chunk)
+                        advance(len(chunk))
         except httpx.HTTPError as exc:
             raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
         if expected >= 0 and download.stat().st_size != expected:
@@ -215,6 +217,7 @@ def download_verified(
     body = client.get_object(**request)["Body"]
     while chunk := body.read(_CHUNK):
         out.write(chunk)
+        advance(len(chunk))
         if checksum:
             hasher.update(chunk)
     if checksum and hasher.checksum(bool(part_size)) != checksum:

@@ -25,6 +25,7 @@ import httpx
 from ..archive import extract_archive
 from ..blocks import LocalResultServer
 from ..errors import ChecksumMismatchError, FetchError
+from ..progress import advance
 from ..specs import SourceSpec, URLParams
 from .place import place
 
@@ -171,6 +172,7 @@ def _get(client: httpx.Client, url: str, out: BinaryIO, state: _Progress) -> Non
             raise FetchError(_status_problem(url, response))
         for chunk in response.iter_bytes():  # no chunk size: httpx would hold back a partial chunk
             out.write(chunk)
+            advance(len(chunk))
             state.sha.update(chunk)
             state.got += len(chunk)
 
