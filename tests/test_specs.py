@@ -150,7 +150,9 @@ def test_source_types_and_errors() -> None:
         "Type": "localDirectory",
         "Params": {"SourcePath": "/data", "ReadWrite": True},
     }
-    with pytest.raises(ValidationError, match="supported types: s3, s3PreSigned, ipfs, urlDownload, localDirectory"):
+    with pytest.raises(
+        ValidationError, match="supported types: s3, s3PreSigned, ipfs, urlDownload, localDirectory"
+    ):
         SourceSpec.model_validate({"Type": "inline"})
     with pytest.raises(ValidationError, match="URL must be http"):
         SourceSpec.model_validate({"Type": "urlDownload", "Params": {"URL": "file:///etc/passwd"}})
