@@ -14,7 +14,7 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
 from .artifacts import artifact_key, load_artifact_result, record_result
-from .blocks import IPFSNode, S3Storage
+from .blocks import IPFSNode, LocalResultServer, S3Storage
 from .errors import FetchError, PublishError
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all
 from .publishers import publish_to
@@ -110,7 +110,7 @@ def publish_result(
     context: ExecutionContext | None = None,
     s3: S3Storage | None = None,
     ipfs: IPFSNode | None = None,
-    local: Any = None,
+    local: LocalResultServer | None = None,
 ) -> PublishedResult:
     """Publish a result folder with the publisher `spec` names; records the artifacts; returns the result spec.
 
@@ -145,7 +145,7 @@ def fetch_inputs(
     *,
     s3: S3Storage | None = None,
     ipfs: IPFSNode | None = None,
-    local: Any = None,
+    local: LocalResultServer | None = None,
 ) -> dict[str, Path]:
     """Materialise each input under `root` at its Target, verified; returns Target → local path."""
     paths = fetch_all(inputs, Path(root), s3=s3, ipfs=ipfs, local=local)
@@ -181,7 +181,7 @@ def get_result(
     *,
     s3: S3Storage | None = None,
     ipfs: IPFSNode | None = None,
-    local: Any = None,
+    local: LocalResultServer | None = None,
     presigned: bool = False,
 ) -> Path:
     """Download, verify and extract any published result into `dest` (which must not exist or be empty).
@@ -230,7 +230,7 @@ def run_job(
     node_id: str | None = None,
     s3: S3Storage | None = None,
     ipfs: IPFSNode | None = None,
-    local: Any = None,
+    local: LocalResultServer | None = None,
     fail_on_nonzero: bool = False,
 ) -> JobResult:
     """Run a job (SPEC §2): inputs materialised, `command` run, results laid out as Bacalhau does, published.
