@@ -25,9 +25,20 @@ _MAX_FILE_DEPTH = 64
 class _Reader:
     """Decodes blocks of one DAG, naming the root in every error."""
 
-    def __init__(self, store: CarStore, root: CID) -> None:
+    def __init__(self, store: CarStore, root: CID, max_bytes: int) -> None:
         self.store = store
         self.root = root
+        self.bytes_left = max_bytes
+        self.max_bytes = max_bytes
+
+    def _emit(self, out: BinaryIO, data: bytes) -> None:
+        """Write file bytes, refusing a DAG that expands past the byte cap (blocks can be linked many times)."""
+        self.bytes_left -= len(data)
+        if self.bytes_left < 0:
+            raise UnsafeArchiveError(
+                f"the content under {self.root} expands to more than {self.max_bytes} bytes"
+            )
+        out.write(data)
 
     def block(self, cid: CID) -> bytes:
         data = self.store.get(cid)
@@ -92,7 +103,7 @@ class _Reader:
             raise FetchError(f"file node {cid} under {self.root} has inconsistent block sizes")
         written = 0
         if data.data:
-            out.write(data.data)
+            self._emit(out, data.data)
             written += len(data.data)
         for index, link in enumerate(links):
             size = self.write_file(out, self.child(link), depth + 1)
@@ -128,9 +139,29 @@ def _check_symlink(target: bytes, depth: int, where: Path) -> None:
             level += 1
 
 
-def export_dag(store: CarStore, root: CID, out: Path) -> None:
-    """Write the DAG under `root` at `out` (which must not exist): a folder, or one file."""
-    reader = _Reader(store, root)
+def _check_links_resolve_inside(out: Path) -> None:
+    """Refuse symlinks that, followed through the tree's other symlinks, land outside `out`."""
+    top = os.path.realpath(out)
+    for folder, dirnames, filenames in os.walk(out):
+        for name in dirnames + filenames:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                resolved = os.path.realpath(path)
+                if os.path.commonpath([top, resolved]) != top:
+                    raise UnsafeArchiveError(
+                        f"refusing symlink {path} -> {os.readlink(path)!r}: it resolves outside the result"
+                    )
+
+
+def export_dag(
+    store: CarStore, root: CID, out: Path, *, max_bytes: int = 100 * 2**30, max_entries: int = 1_000_000
+) -> None:
+    """Write the DAG under `root` at `out` (which must not exist): a folder, or one file.
+
+    Caps the bytes written and the entries created (a DAG can link one block or folder many times, so a
+    small CAR can expand without bound), and refuses symlinks that resolve outside `out`.
+    """
+    reader = _Reader(store, root, max_bytes)
     links, data = reader.node(root)
     if data.type in (FILE, UNIXFS_RAW):
         with open(out, "xb") as handle:
@@ -139,11 +170,19 @@ def export_dag(store: CarStore, root: CID, out: Path) -> None:
     if data.type not in (DIRECTORY, HAMT_SHARD):
         raise FetchError(f"{root} is neither a UnixFS folder nor a file")
     pending: list[tuple[Path, int, list[PBLink], UnixFSData]] = [(out, 0, links, data)]
+    entries_left = max_entries
     while pending:
         folder, depth, links, data = pending.pop()
+        if depth > _MAX_FILE_DEPTH * 4:
+            raise UnsafeArchiveError(
+                f"the folders under {root} nest deeper than {_MAX_FILE_DEPTH * 4} levels"
+            )
         folder.mkdir()
         seen: set[bytes] = set()
         for name, cid in reader.entries(links, data):
+            entries_left -= 1
+            if entries_left < 0:
+                raise UnsafeArchiveError(f"the content under {root} has more than {max_entries} entries")
             path = folder / _safe_name(name, folder)
             if name in seen:
                 raise UnsafeArchiveError(f"refusing duplicate entry {path}")
@@ -160,3 +199,4 @@ def export_dag(store: CarStore, root: CID, out: Path) -> None:
                     reader.write_file(handle, cid)
             else:
                 raise FetchError(f"{path} has an unsupported UnixFS type {child_data.type}")
+    _check_links_resolve_inside(out)
