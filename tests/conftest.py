@@ -105,6 +105,36 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+        leaks = _secrets_recorded_by_prefect()
+        assert not leaks, f"credentials were recorded by Prefect: {leaks[:3]}"
+
+
+def _secrets_recorded_by_prefect() -> list[str]:
+    """Every log line and artifact the whole session's flows left, searched for the test credentials."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from prefect_bacalhau_publish.testing import MINIO_PASSWORD
+
+    secrets = (MINIO_PASSWORD, "pbp-full-token", "pbp-limited-token")
+
+    async def read() -> list[str]:
+        found: list[str] = []
+        async with get_client() as client:
+            for reader in (client.read_logs, client.read_artifacts):
+                offset = 0
+                while True:
+                    page = await reader(limit=200, offset=offset)
+                    for item in page:
+                        text = item.model_dump_json()
+                        found += [f"{type(item).__name__}: {s}" for s in secrets if s in text]
+                    if len(page) < 200:
+                        break
+                    offset += 200
+        return found
+
+    return asyncio.run(read())
 
 
 @pytest.fixture()
