@@ -210,3 +210,36 @@ def test_ipfs_chain_and_cli_get(kubo: Any, tmp_path: Path) -> None:
     assert ended.value.code in (0, None)
     assert (tmp_path / "got" / "outputs" / "count.txt").read_text().strip() == "2"
     assert (tmp_path / "got" / "exitCode").read_text() == "0"
+
+
+def test_local_chain_through_the_result_server(tmp_path: Path) -> None:
+    from prefect_bacalhau_publish import LocalResultServer
+    from prefect_bacalhau_publish.server import running_server
+    from prefect_bacalhau_publish.specs import URLParams
+    from prefect_bacalhau_publish.testing import free_port
+
+    port = free_port()
+    config = LocalResultServer(storage_dir=tmp_path / "store", port=port, public_address="127.0.0.1")
+    with running_server(config, port=port):
+
+        @flow
+        def local_chain() -> tuple[Any, Any]:
+            a = run_job("echo from-a > outputs/a.txt", publisher="local", local=config)
+            assert a.published is not None
+            b = run_job(
+                "tr a-z A-Z < inputs/a/outputs/a.txt > outputs/b.txt",
+                publisher="local",
+                inputs=[a.published.to_input_source("/inputs/a")],
+                local=config,
+            )
+            return a, b
+
+        state = local_chain(return_state=True)
+        assert state.is_completed()
+        a, b = state.result()
+        assert isinstance(b.published.params, URLParams)
+        assert b.published.params.url == f"http://127.0.0.1:{port}/{b.context.execution_id}.tar.gz"
+        dest = get_result.fn(b.published, tmp_path / "got")
+        assert (dest / "outputs" / "b.txt").read_text() == "FROM-A\n"
+        links = [x for x in artifacts_of(state.state_details.flow_run_id) if x.type != "table"]
+        assert any(a.published.params.url in (x.data or "") for x in links)
