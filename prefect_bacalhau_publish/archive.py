@@ -54,6 +54,7 @@ _IN_CHUNK = 64 << 10  # compressed bytes read from the source per step
 _OUT_CHUNK = 256 << 10  # most decompressed bytes produced per step
 _META_CAP = 1 << 20  # most tar bytes (headers, PAX records, read-ahead) allowed between members
 _TAIL_CAP = 16 << 20  # most decompressed bytes allowed after the tar end-of-archive marker
+MAX_DEPTH = 256  # path components in one member name: deeper trees are refused, not extracted
 _MAX_HOPS = 40  # symlinks followed when resolving one target, as Linux does
 _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
 if HAVE_ISAL:
@@ -456,6 +457,8 @@ class _Extractor:
         parts = [p for p in raw.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self.refuse(member, f"{what} {raw!r} has a '..' component")
+        if len(parts) > MAX_DEPTH:
+            raise self.refuse(member, f"{what} is nested {len(parts)} levels deep (more than {MAX_DEPTH})")
         return "/".join(parts)
 
     def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:

@@ -966,3 +966,21 @@ def test_unreadable_sources_raise_fetch_error(sample: Path, area: Path) -> None:
     assert_refused(
         area, lambda: Failing(data), FetchError, "cannot read the archive.*reset", dest_exists=True
     )
+
+
+def test_member_nesting_is_capped(tmp_path: Path) -> None:
+    from prefect_bacalhau_publish.archive import MAX_DEPTH
+
+    def one_member(depth: int) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo("/".join(["d"] * (depth - 1) + ["x"]))
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        return buf.getvalue()
+
+    extract_archive(io.BytesIO(one_member(MAX_DEPTH)), tmp_path / "ok")
+    assert (tmp_path / "ok").joinpath(*["d"] * (MAX_DEPTH - 1), "x").read_bytes() == b"x"
+    with pytest.raises(UnsafeArchiveError, match=f"nested {MAX_DEPTH + 1} levels deep"):
+        extract_archive(io.BytesIO(one_member(MAX_DEPTH + 1)), tmp_path / "deep")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]

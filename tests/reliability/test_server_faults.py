@@ -1,0 +1,259 @@
+"""The local result server killed under a download: a clear FetchError and nothing half-written, or, when it
+comes back in time, a download resumed with `Range` that still verifies.
+
+The server is the real CLI (`python -m prefect_bacalhau_publish.cli serve`) in its own process, killed with
+SIGKILL. The client is held at a byte threshold by a progress listener blocking on an Event the test sets,
+so the kill (and the restart) always lands mid-body, with no sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from prefect_bacalhau_publish.blocks import LocalResultServer
+from prefect_bacalhau_publish.errors import FetchError
+from prefect_bacalhau_publish.progress import listening
+from prefect_bacalhau_publish.publishers import publish_to
+from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, PublisherSpec
+from prefect_bacalhau_publish.tasks import get_result
+from prefect_bacalhau_publish.testing import free_port
+
+MiB = 1 << 20
+FILES = 2
+FILE_SIZE = 64 * MiB  # 128 MiB of random data: the archive is as large, and far larger than socket buffers
+THRESHOLD = 32 * MiB
+BOUND = 120.0
+
+
+@dataclass
+class ServeProcess:
+    """`prefect-bacalhau serve` in a child process, on a fixed port, logging (JSON access lines) to a file."""
+
+    storage: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServeProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefect_bacalhau_publish.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-dir",
+            str(self.storage),
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + BOUND
+        with httpx.Client(trust_env=False, timeout=2) as client:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"serve exited: {self.log.read_text(errors='replace')}"
+                try:
+                    if client.get(f"{self.base_url}/").status_code == 404:  # up: "/" is never listed
+                        return self
+                except httpx.TransportError:
+                    time.sleep(0.05)  # poll interval; readiness is the server's own answer
+        self.stop()
+        raise AssertionError(f"serve did not come up on port {self.port}")
+
+    def kill(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def wait_for_lines(self, keep: Callable[[dict[str, Any]], bool], count: int) -> list[dict[str, Any]]:
+        """The access-log lines `keep` selects, once there are `count` of them (each line is written just
+        after its response ends, so it may trail the client by a moment)."""
+        deadline = time.monotonic() + BOUND
+        while True:
+            lines = [line for line in self.access_lines() if keep(line)]
+            if len(lines) >= count or time.monotonic() > deadline:
+                assert len(lines) == count, self.access_lines()
+                return lines
+            time.sleep(0.05)  # poll interval; the condition is the log file's content
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+
+class Gate:
+    """A progress listener that holds the downloading thread once `threshold` bytes have arrived, until the
+    test opens the gate; it also counts every byte reported."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.moved = 0
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            self.moved += nbytes
+            hold = self.moved >= self.threshold and not self.reached.is_set()
+            if hold:
+                self.reached.set()
+        if hold:
+            self.opened.wait(BOUND)
+
+
+@contextmanager
+def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[Any], list[BaseException]]]:
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="download-under-test", daemon=True)
+    worker.start()
+    try:
+        yield worker, results, errors
+    finally:
+        worker.join(BOUND)
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            out[rel] = "dir"
+        else:
+            sha = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(4 * MiB):
+                    sha.update(chunk)
+            out[rel] = sha.hexdigest()
+    return out
+
+
+@dataclass(frozen=True)
+class Setup:
+    server: ServeProcess
+    result: PublishedResult
+    archive_size: int
+    source_tree: dict[str, str]
+    work: Path
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    """A 128 MiB result published by the local publisher into a storage folder served by the CLI."""
+    folder = tmp_path / "result"
+    (folder / "outputs").mkdir(parents=True)
+    (folder / "stdout").write_text("big job\n")
+    (folder / "exitCode").write_text("0")
+    for index in range(FILES):
+        with open(folder / "outputs" / f"part{index}.bin", "wb") as out:
+            for _ in range(FILE_SIZE // (4 * MiB)):
+                out.write(os.urandom(4 * MiB))
+    storage = tmp_path / "store"
+    port = free_port()
+    config = LocalResultServer(storage_dir=storage, port=port, public_address="loopback")
+    result = publish_to(
+        folder, PublisherSpec.model_validate({"Type": "local"}), ExecutionContext.new(), local=config
+    )
+    archive = storage / result.to_bacalhau()["Params"]["URL"].rpartition("/")[2]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "neighbour.txt").write_text("beside the destination\n")
+    server = ServeProcess(storage, port, tmp_path / "serve.log").start()
+    try:
+        yield Setup(server, result, archive.stat().st_size, digest_tree(folder), work)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_server_killed_mid_download_then_retry_succeeds(setup: Setup) -> None:
+    dest = setup.work / "got"
+    before = sorted(p.name for p in setup.work.iterdir())
+    gate = Gate(THRESHOLD)
+    with (
+        listening(gate),
+        in_thread(lambda: get_result.fn(setup.result, dest)) as (worker, results, errors),
+    ):
+        assert gate.reached.wait(BOUND), f"the download never reached {THRESHOLD} bytes: {errors}"
+        setup.server.kill()
+        killed_at = time.monotonic()
+        gate.opened.set()
+        worker.join(BOUND)
+        assert not worker.is_alive(), "the download did not give up after the server died"
+    assert time.monotonic() - killed_at < 60
+    assert results == [] and len(errors) == 1, (results, errors)
+    assert isinstance(errors[0], FetchError), repr(errors[0])
+    message = str(errors[0])
+    assert setup.server.base_url in message and "result server may be down" in message, message
+    assert THRESHOLD <= gate.moved < setup.archive_size
+    assert sorted(p.name for p in setup.work.iterdir()) == before  # no partial destination, no temp
+
+    setup.server.start()  # same port, same storage
+    get_result.fn(setup.result, dest)
+    assert digest_tree(dest) == setup.source_tree
+    assert sorted(p.name for p in setup.work.iterdir()) == sorted([*before, "got"])
+
+
+@pytest.mark.slow
+def test_server_restarted_mid_download_is_resumed(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="prefect_bacalhau_publish.url")
+    dest = setup.work / "got"
+    gate = Gate(THRESHOLD)
+    with (
+        listening(gate),
+        in_thread(lambda: get_result.fn(setup.result, dest)) as (worker, results, errors),
+    ):
+        assert gate.reached.wait(BOUND), f"the download never reached {THRESHOLD} bytes: {errors}"
+        setup.server.kill()
+        setup.server.start()  # back on the same port before the client notices
+        gate.opened.set()
+        worker.join(BOUND)
+        assert not worker.is_alive(), "the resumed download did not finish"
+    assert errors == [] and results == [dest], errors
+    assert digest_tree(dest) == setup.source_tree
+    assert sorted(p.name for p in setup.work.iterdir()) == ["got", "neighbour.txt"]
+    # Resumed, not restarted: every byte was received exactly once, the second request was a Range.
+    assert gate.moved == setup.archive_size
+    assert any("resuming" in record.getMessage() for record in caplog.records), caplog.text
+    ranged = setup.server.wait_for_lines(lambda line: line["status"] == 206, count=1)
+    assert 0 < ranged[0]["bytes"] < setup.archive_size
