@@ -33,6 +33,9 @@ PRELUDE = (
 )
 exec(PRELUDE)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_kib as common_peak_rss_kib  # noqa: E402
+
 from prefect_bacalhau_publish.archive import (  # noqa: E402
     HAVE_ISAL,
     ArchiveInfo,
@@ -106,25 +109,9 @@ def ours(folder: Path, compressor: str) -> Callable[[], ArchiveInfo]:
     return run
 
 
-LAUNCHER = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
-
-
 def peak_rss_kib(code: str) -> int:
-    """Peak RSS (KiB) of a fresh Python running ``code``.
-
-    Read with getrusage(RUSAGE_CHILDREN) in a tiny launcher process: a forked child's ru_maxrss counts
-    the parent's memory from before exec, so the benchmark process itself must not be the parent.
-    """
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", LAUNCHER, sys.executable, "-c", PRELUDE + code],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(done.stdout.split()[-1])
+    """Peak RSS (KiB) of a fresh Python running ``code`` (measured by bench/common.py's launcher)."""
+    return common_peak_rss_kib([sys.executable, "-c", PRELUDE + code])
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, build_small_files, ratio_row  # noqa: E402
+from common import build_mixed_folder, build_small_files, peak_rss_kib, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import S3Storage  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
@@ -167,15 +166,8 @@ def peak_rss_mib(size_mib: int, work: Path, minio: MinioServer) -> float:
         "publish_to(Path(sys.argv[3]), PublisherSpec.model_validate({'Type': 's3', 'Params': {'Bucket': b, 'Key': 'w6'}}),"
         " ExecutionContext.new(), s3=storage_for(m))"
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(REPO), str(minio.port), str(folder), uuid.uuid4().hex[:8]]
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"W6 child failed with status {status}")
-    del before
-    return usage.ru_maxrss / 1024
+    argv = [sys.executable, "-c", code, str(REPO), str(minio.port), str(folder), uuid.uuid4().hex[:8]]
+    return peak_rss_kib(argv) / 1024
 
 
 def main() -> None:

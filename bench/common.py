@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 SEED = 20240601
@@ -68,3 +70,21 @@ def ratio_row(name: str, ours: list[float], base: list[float], *, target: float 
         f"| {name} | {statistics.median(ours):.3f} | {statistics.median(base):.3f} "
         f"| {ratio:.2f}{goal}{verdict} (n={len(ratios)}) |"
     )
+
+
+_LAUNCHER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def peak_rss_kib(argv: list[str]) -> int:
+    """Peak RSS (KiB) of the command `argv`, read in a tiny launcher process.
+
+    A forked child's ru_maxrss counts the parent's memory from before exec, so the (large) benchmark
+    process must not be the measured command's parent.
+    """
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, *argv], check=True, capture_output=True, text=True
+    )
+    return int(done.stdout.split()[-1])
