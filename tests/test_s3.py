@@ -341,3 +341,20 @@ def test_transfers_report_progress(
     assert sum(received) == size
     fetch_source(result.to_input_source("/x").source, tmp_path / "quiet", s3=s3_storage)
     assert sum(received) == size  # a listener hears nothing once its block has ended
+
+
+def test_plain_publish_mixes_small_and_multipart_files(
+    tmp_path: Path, s3_storage: S3Storage, bucket: str, s3_client: Any
+) -> None:
+    root = tmp_path / "r"
+    (root / "outputs").mkdir(parents=True)
+    (root / "outputs" / "big.bin").write_bytes(os.urandom(s3_storage.multipart_threshold + 1))
+    (root / "outputs" / "small.txt").write_text("small\n")
+    result = publish_to(root, s3_spec(bucket, "mixed", encoding="plain"), CTX, s3=s3_storage)
+    head = s3_client.head_object(Bucket=bucket, Key="mixed/outputs/big.bin", ChecksumMode="ENABLED")
+    assert (
+        head["ChecksumSHA256"].endswith("-1") or "-" not in head["ChecksumSHA256"]
+    )  # multipart or single, checksummed
+    dest = tmp_path / "in"
+    fetch_source(result.to_input_source("/x").source, dest, s3=s3_storage)
+    assert tree(dest) == tree(root)

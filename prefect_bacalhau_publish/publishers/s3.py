@@ -24,6 +24,7 @@ from ..naming import render_key
 from ..progress import advance
 from ..s3errors import explain
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+from .s3_fast import upload_small_files
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,7 +55,9 @@ def publish(
                 _abort_uploads(client, endpoint, params.bucket, key)
                 raise
         else:
-            count = _upload_plain(client, storage, result_dir, params.bucket, key)
+            count = _upload_plain(
+                client, storage, result_dir, params.bucket, key, (params.endpoint, params.region)
+            )
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
     except (ClientError, BotoCoreError) as exc:
         raise S3PublishError(
@@ -218,10 +221,19 @@ def _walk_files(root: Path) -> Iterator[Path]:
             yield path
 
 
-def _upload_plain(client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, prefix: str) -> int:
+def _upload_plain(
+    client: S3Client,
+    storage: S3Storage,
+    result_dir: Path,
+    bucket: str,
+    prefix: str,
+    overrides: tuple[str | None, str | None],
+) -> int:
     """Upload every file to `prefix + relative/path` concurrently, each with a SHA-256 checksum.
 
-    On failure, the objects already uploaded are deleted again so no partial result is left behind.
+    Files below the multipart threshold go through the lean signed-PUT uploader (`s3_fast`), larger ones
+    through boto3's transfer manager. On failure, the objects already uploaded are deleted again so no
+    partial result is left behind.
     """
     files = list(_walk_files(result_dir))
     config = TransferConfig(
@@ -229,24 +241,24 @@ def _upload_plain(client: S3Client, storage: S3Storage, result_dir: Path, bucket
         multipart_chunksize=storage.multipart_chunksize,
         max_concurrency=4,
     )
+    keyed = [(path, prefix + path.relative_to(result_dir).as_posix()) for path in files]
+    small = [(path, key) for path, key in keyed if path.stat().st_size < storage.multipart_threshold]
+    large = [(path, key) for path, key in keyed if path.stat().st_size >= storage.multipart_threshold]
     done: list[str] = []
     lock = threading.Lock()
 
-    def upload(path: Path) -> None:
-        key = prefix + path.relative_to(result_dir).as_posix()
+    def upload(item: tuple[Path, str]) -> None:
+        path, key = item
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         extra = {"ChecksumAlgorithm": "SHA256", "ContentType": content_type}
-        if path.stat().st_size < storage.multipart_threshold:
-            with open(path, "rb") as body:
-                client.put_object(Bucket=bucket, Key=key, Body=body, **extra)  # type: ignore[arg-type]
-        else:
-            client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
         with lock:
             done.append(key)
 
     try:
-        with ThreadPoolExecutor(max_workers=storage.max_concurrency) as pool:
-            for future in [pool.submit(upload, path) for path in files]:
+        upload_small_files(storage, *overrides, bucket, small, concurrency=storage.max_concurrency, done=done)
+        with ThreadPoolExecutor(max_workers=min(4, storage.max_concurrency)) as pool:
+            for future in [pool.submit(upload, item) for item in large]:
                 future.result()
     except BaseException:
         for start in range(0, len(done), 1000):
