@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,52 +26,12 @@ from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, Pu
 from prefect_bacalhau_publish.tasks import get_result
 from prefect_bacalhau_publish.testing import KuboServer
 
+from .faultkit import BOUND, Gate, in_thread
+
 MiB = 1 << 20
 FILES = 4
 FILE_SIZE = 50 * MiB  # 200 MiB of random data in all: incompressible, several seconds of transfer
 THRESHOLD = 48 * MiB  # the kill lands once this much has moved (a quarter of the way)
-BOUND = 120.0  # seconds any single wait may take
-
-
-class Gate:
-    """A progress listener that holds the transferring thread once `threshold` bytes have moved, until
-    the test opens the gate; it also counts every byte reported."""
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
-        self.moved = 0
-        self.reached = threading.Event()
-        self.opened = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, nbytes: int) -> None:
-        with self._lock:
-            self.moved += nbytes
-            hold = self.moved >= self.threshold and not self.reached.is_set()
-            if hold:
-                self.reached.set()
-        if hold:
-            self.opened.wait(BOUND)
-
-
-@contextmanager
-def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[Any], list[BaseException]]]:
-    """Run `work` in a thread; yields (thread, results, errors) and joins it (bounded) on exit."""
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(work())
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=run, name="transfer-under-test", daemon=True)
-    worker.start()
-    try:
-        yield worker, results, errors
-    finally:
-        worker.join(BOUND)
 
 
 def kill(server: KuboServer) -> None:

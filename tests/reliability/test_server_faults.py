@@ -14,10 +14,8 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +31,12 @@ from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, Pu
 from prefect_bacalhau_publish.tasks import get_result
 from prefect_bacalhau_publish.testing import free_port
 
+from .faultkit import BOUND, Gate, in_thread
+
 MiB = 1 << 20
 FILES = 2
 FILE_SIZE = 64 * MiB  # 128 MiB of random data: the archive is as large, and far larger than socket buffers
 THRESHOLD = 32 * MiB
-BOUND = 120.0
 
 
 @dataclass
@@ -111,46 +110,6 @@ class ServeProcess:
             if line.startswith("{"):
                 lines.append(json.loads(line))
         return lines
-
-
-class Gate:
-    """A progress listener that holds the downloading thread once `threshold` bytes have arrived, until the
-    test opens the gate; it also counts every byte reported."""
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
-        self.moved = 0
-        self.reached = threading.Event()
-        self.opened = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, nbytes: int) -> None:
-        with self._lock:
-            self.moved += nbytes
-            hold = self.moved >= self.threshold and not self.reached.is_set()
-            if hold:
-                self.reached.set()
-        if hold:
-            self.opened.wait(BOUND)
-
-
-@contextmanager
-def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[Any], list[BaseException]]]:
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(work())
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=run, name="download-under-test", daemon=True)
-    worker.start()
-    try:
-        yield worker, results, errors
-    finally:
-        worker.join(BOUND)
 
 
 def digest_tree(root: Path) -> dict[str, str]:

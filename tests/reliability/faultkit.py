@@ -1,0 +1,51 @@
+"""Helpers shared by the fault-injection tests: hold a transfer at a byte count, run it in a thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BOUND = 120.0  # seconds any single wait may take
+
+
+class Gate:
+    """A progress listener that holds the transferring thread once `threshold` bytes have moved, until
+    the test opens the gate; it also counts every byte reported."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.moved = 0
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            self.moved += nbytes
+            hold = self.moved >= self.threshold and not self.reached.is_set()
+            if hold:
+                self.reached.set()
+        if hold:
+            self.opened.wait(BOUND)
+
+
+@contextmanager
+def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[Any], list[BaseException]]]:
+    """Run `work` in a thread; yields (thread, results, errors) and joins it (bounded) on exit."""
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="transfer-under-test", daemon=True)
+    worker.start()
+    try:
+        yield worker, results, errors
+    finally:
+        worker.join(BOUND)
