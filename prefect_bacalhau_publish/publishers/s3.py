@@ -256,7 +256,15 @@ def _upload_plain(
             done.append(key)
 
     try:
-        upload_small_files(storage, *overrides, bucket, small, concurrency=storage.max_concurrency, done=done)
+        upload_small_files(
+            storage,
+            *overrides,
+            bucket,
+            small,
+            concurrency=storage.max_concurrency,
+            done=done,
+            error_key=prefix,
+        )
         with ThreadPoolExecutor(max_workers=min(4, storage.max_concurrency)) as pool:
             for future in [pool.submit(upload, item) for item in large]:
                 future.result()
