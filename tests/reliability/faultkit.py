@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 BOUND = 120.0  # seconds any single wait may take
+MiB = 1024 * 1024
 
 
 class Gate:
@@ -49,3 +52,19 @@ def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[
         yield worker, results, errors
     finally:
         worker.join(BOUND)
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """Relative path → SHA-256 hex of each file ('dir' for folders), read in chunks."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            out[rel] = "dir"
+        else:
+            sha = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(4 * MiB):
+                    sha.update(chunk)
+            out[rel] = sha.hexdigest()
+    return out

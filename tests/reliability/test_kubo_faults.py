@@ -8,7 +8,6 @@ identical to the source.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, Pu
 from prefect_bacalhau_publish.tasks import get_result
 from prefect_bacalhau_publish.testing import KuboServer
 
-from .faultkit import BOUND, Gate, in_thread
+from .faultkit import BOUND, Gate, digest_tree, in_thread
 
 MiB = 1 << 20
 FILES = 4
@@ -46,21 +45,6 @@ def recursive_pins(server: KuboServer) -> set[str]:
     )
     answer.raise_for_status()
     return set(answer.json().get("Keys", {}))
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_dir():
-            out[rel] = "dir"
-        else:
-            sha = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(4 * MiB):
-                    sha.update(chunk)
-            out[rel] = sha.hexdigest()
-    return out
 
 
 @pytest.fixture()

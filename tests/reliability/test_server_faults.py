@@ -8,7 +8,6 @@ so the kill (and the restart) always lands mid-body, with no sleeps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, Pu
 from prefect_bacalhau_publish.tasks import get_result
 from prefect_bacalhau_publish.testing import free_port
 
-from .faultkit import BOUND, Gate, in_thread
+from .faultkit import BOUND, Gate, digest_tree, in_thread
 
 MiB = 1 << 20
 FILES = 2
@@ -110,21 +109,6 @@ class ServeProcess:
             if line.startswith("{"):
                 lines.append(json.loads(line))
         return lines
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_dir():
-            out[rel] = "dir"
-        else:
-            sha = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(4 * MiB):
-                    sha.update(chunk)
-            out[rel] = sha.hexdigest()
-    return out
 
 
 @dataclass(frozen=True)
