@@ -1,7 +1,7 @@
 """Benchmark `write_archive` / `extract_archive` against GNU tar + gzip, and measure peak memory.
 
-Builds (or reuses) a mixed folder of about --size-mib MiB — half random bytes, half compressible text,
-files of 64 KiB to 8 MiB, fixed seed — then times each contender at least --runs times and prints a
+Builds (or reuses) bench/common.py's mixed folder of about --size-mib MiB — half random bytes, half
+text, files of 64 KiB to 8 MiB, fixed seed — then times each contender at least --runs times and prints a
 Markdown table of medians. Peak RSS of `write_archive` is measured in a child process (os.wait4).
 
     .venv/bin/python bench/bench_archive.py --size-mib 256
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ PRELUDE = (
 exec(PRELUDE)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_mixed_folder  # noqa: E402
 from common import peak_rss_kib as common_peak_rss_kib  # noqa: E402
 
 from prefect_bacalhau_publish.archive import (  # noqa: E402
@@ -42,48 +41,6 @@ from prefect_bacalhau_publish.archive import (  # noqa: E402
     extract_archive,
     write_archive,
 )
-
-SEED = 20240601
-MIN_FILE = 64 << 10
-MAX_FILE = 8 << 20
-TEXT = (
-    "the job result folder holds stdout stderr exitCode and outputs written by a container running on "
-    "a bacalhau compute node which publishes them to s3 ipfs or local storage for later retrieval by "
-    "prefect flows data pipeline model training metrics log line error warning info debug value"
-)
-WORDS = TEXT.split()
-
-
-def build_folder(root: Path, size_mib: int) -> Path:
-    """Create (or reuse) the benchmark folder under ``root``; return its path."""
-    folder = root / f"data-{size_mib}MiB-seed{SEED}"
-    marker = folder / ".complete"
-    if marker.exists():
-        return folder
-    if folder.exists():
-        shutil.rmtree(folder)
-    rng = random.Random(SEED)
-    text = " ".join(rng.choice(WORDS) + ("\n" if rng.random() < 0.1 else "") for _ in range(1_200_000))
-    pool = text.encode()
-    target = size_mib << 20
-    written = index = 0
-    while written < target:
-        size = min(rng.randint(MIN_FILE, MAX_FILE), max(target - written, 1))
-        sub = folder / f"dir{index % 7}" / f"sub{index % 3}"
-        sub.mkdir(parents=True, exist_ok=True)
-        if index % 2 == 0:
-            data = rng.randbytes(size)
-            name = f"blob{index:05d}.bin"
-        else:
-            start = rng.randrange(len(pool))
-            doubled = pool + pool
-            data = (doubled * (size // len(pool) + 1))[start : start + size]
-            name = f"log{index:05d}.txt"
-        (sub / name).write_bytes(data)
-        written += size
-        index += 1
-    marker.write_text(f"{size_mib} MiB, {index} files\n")
-    return folder
 
 
 def timed(fn: Callable[[], object], runs: int, setup: Callable[[], object] = lambda: None) -> float:
@@ -119,14 +76,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024, help="folder size in MiB (default 1024)")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bench_archive")
+    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (median reported)")
     args = parser.parse_args()
     runs = max(args.runs, 1)
     args.dir.mkdir(parents=True, exist_ok=True)
 
-    folder = build_folder(args.dir, args.size_mib)
-    content = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != ".complete")
+    folder = build_mixed_folder(args.dir, args.size_mib)
+    content = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     sh(f"cat $(find {folder} -type f) > /dev/null")  # warm the page cache for everyone alike
     mb = content / 1e6
     rows: list[tuple[str, float, str]] = []
