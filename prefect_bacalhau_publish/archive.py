@@ -218,12 +218,12 @@ class _GzipSink:
     never depends on how reads happened to split. (A compressor thread was measured: no gain with ISA-L,
     about 5% with zlib, on 2 cores — not worth the complexity.)"""
 
-    def __init__(self, out: BinaryIO, deflater: _Deflater) -> None:
+    def __init__(self, out: BinaryIO, deflater: _Deflater, *, digest: bool = True) -> None:
         self.offset = 0  # tar bytes taken
         self.size = 0  # compressed bytes written
         self._out = out
         self._deflater = deflater
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if digest else None
         self._view = memoryview(bytearray(CHUNK))
         self._fill = 0
 
@@ -261,14 +261,15 @@ class _GzipSink:
         """Compress what is left, write the gzip trailer, and return the SHA-256 of all bytes written."""
         self._spill()
         self._emit(self._deflater.flush())
-        return self._sha.hexdigest()
+        return self._sha.hexdigest() if self._sha is not None else ""
 
     def _spill(self) -> None:
         self._emit(self._deflater.compress(self._view[: self._fill]))
         self._fill = 0
 
     def _emit(self, data: bytes) -> None:
-        self._sha.update(data)
+        if self._sha is not None:
+            self._sha.update(data)
         self.size += len(data)
         view = memoryview(data)
         while view:
@@ -295,13 +296,20 @@ def _copy_file(root: str, entry: _Entry, sink: _GzipSink) -> None:
 
 
 def write_archive(
-    src_dir: Path, out: BinaryIO, *, level: int = 1, compressor: Compressor | None = None
+    src_dir: Path,
+    out: BinaryIO,
+    *,
+    level: int = 1,
+    compressor: Compressor | None = None,
+    digest: bool = True,
 ) -> ArchiveInfo:
     """Stream a deterministic tar.gz of everything under ``src_dir`` into ``out``; return its digest.
 
     Entries are relative, sorted bytewise, with uid/gid 0, empty owner names, mtime 0 and modes 0o644 /
     0o755, so the same content always gives the same bytes. ``out`` is only written to (never seeked),
     and memory stays flat whatever the folder's size. ``compressor`` defaults to `DEFAULT_COMPRESSOR`.
+    With ``digest=False`` the SHA-256 is not computed (for callers that hash the bytes themselves) and
+    the returned ``sha256`` is empty.
 
     Raises PublishError naming the path for sockets, FIFOs, devices, symlinks that are absolute or lead
     outside ``src_dir``, unreadable files, and files that change while being read; errors raised by
@@ -310,7 +318,7 @@ def write_archive(
     deflater = _deflater(compressor or DEFAULT_COMPRESSOR, level)
     root = os.fspath(src_dir)
     entries = _scan(root)
-    sink = _GzipSink(out, deflater)
+    sink = _GzipSink(out, deflater, digest=digest)
     files = bytes_in = 0
     for entry in entries:
         sink.write(_header(entry))
@@ -320,8 +328,7 @@ def write_archive(
             bytes_in += entry.size
     sink.write(bytes(2 * _BLOCK))  # end-of-archive marker
     sink.write(bytes(-sink.offset % _RECORD))  # pad the last record, as tar does
-    digest = sink.finish()
-    return ArchiveInfo(sha256=digest, size=sink.size, files=files, bytes_in=bytes_in)
+    return ArchiveInfo(sha256=sink.finish(), size=sink.size, files=files, bytes_in=bytes_in)
 
 
 class _NullSink:

@@ -61,11 +61,11 @@ def boto3_message(storage: S3Storage, bucket: str, key: str) -> str:
 
 
 def test_fast_path_is_taken_for_minio(s3_storage: S3Storage, bucket: str) -> None:
-    target = s3_fast._fast_target(s3_storage.get_client(), s3_storage, bucket)
+    target = s3_fast.fast_target(s3_storage.get_client(), s3_storage, bucket)
     assert target is not None
     assert (target.host, target.host_header) == ("127.0.0.1", s3_storage.endpoint_url.split("//")[1])  # type: ignore[union-attr]
     aws = S3Storage(credentials=s3_storage.credentials, region_name="us-east-1")
-    assert s3_fast._fast_target(aws.get_client(), aws, bucket) is None  # AWS itself: boto3 does the work
+    assert s3_fast.fast_target(aws.get_client(), aws, bucket) is None  # AWS itself: boto3 does the work
 
 
 def test_uploads_land_with_bytes_type_and_checksum(
@@ -205,7 +205,7 @@ def test_proxy_in_the_environment_is_not_bypassed(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
     storage = minio_storage(minio)
-    assert s3_fast._fast_target(storage.get_client(), storage, bucket) is None
+    assert s3_fast.fast_target(storage.get_client(), storage, bucket) is None
     (tmp_path / "f").write_text("x")
     with pytest.raises(S3PublishError, match="proxy"):
         upload_small_files(storage, None, None, bucket, [(tmp_path / "f", "k/f")])
@@ -241,7 +241,7 @@ def test_session_token_credentials(tmp_path: Path, minio: MinioServer, bucket: s
         endpoint_url=minio.endpoint,
         region_name="us-east-1",
     )
-    target = s3_fast._fast_target(storage.get_client(), storage, bucket)
+    target = s3_fast.fast_target(storage.get_client(), storage, bucket)
     assert target is not None and target.credentials.token == temporary["SessionToken"]
     (tmp_path / "f.txt").write_text("via a session token\n")
     assert upload_small_files(storage, None, None, bucket, [(tmp_path / "f.txt", "t/f.txt")]) == ["t/f.txt"]
@@ -267,7 +267,7 @@ def test_first_failure_stops_and_done_lists_exactly_what_landed(
 def test_stale_kept_alive_connection_is_replaced(
     tmp_path: Path, s3_storage: S3Storage, bucket: str, s3_client: Any
 ) -> None:
-    target = s3_fast._fast_target(s3_storage.get_client(), s3_storage, bucket)
+    target = s3_fast.fast_target(s3_storage.get_client(), s3_storage, bucket)
     assert target is not None
     wire = s3_fast._Wire(target)
     body = b"first"
@@ -328,7 +328,7 @@ def _serve_once(reply: bytes) -> tuple[socket.socket, threading.Thread]:
 
 
 def test_response_reader_handles_1xx_chunked_and_close(s3_storage: S3Storage) -> None:
-    target = s3_fast._fast_target(s3_storage.get_client(), s3_storage, "b")
+    target = s3_fast.fast_target(s3_storage.get_client(), s3_storage, "b")
     assert target is not None
     reply = (
         b"HTTP/1.1 100 Continue\r\n\r\n"

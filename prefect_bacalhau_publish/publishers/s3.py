@@ -18,13 +18,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .. import journal
 from ..archive import write_archive
 from ..blocks import S3Storage
-from ..checksums import PartHasher
-from ..errors import PublishError, S3PublishError
+from ..errors import S3PublishError
 from ..naming import render_key
-from ..progress import advance
 from ..s3errors import explain
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
-from .s3_fast import upload_small_files
+from .s3_fast import fast_target, upload_small_files
+from .s3_stream import PartSink, upload_stream
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -86,122 +85,48 @@ def _abort_pending(client: S3Client, endpoint: str | None, bucket: str) -> None:
         _abort_uploads(client, endpoint, bucket, key)
 
 
-class _HashingWriter:
-    """A write-only stream that passes bytes on to `sink` and hashes them for S3's checksum forms."""
-
-    def __init__(self, sink: Any, part_size: int) -> None:
-        self._sink = sink
-        self.hasher = PartHasher(part_size)
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._sink.write(data)
-        self.hasher.update(data)
-        advance(len(data))
-        return len(data)
-
-    def flush(self) -> None:
-        self._sink.flush()
-
-
-class _PipeReader:
-    """The read end of the archive pipe, after `prefix`; raises the writer's error instead of an early EOF."""
-
-    def __init__(self, fd: int, failed: list[BaseException]) -> None:
-        self._file = os.fdopen(fd, "rb", buffering=1024 * 1024)
-        self._failed = failed
-        self._prefix = memoryview(b"")
-
-    def unread(self, data: bytes) -> None:
-        """Serve `data` again before the rest of the pipe."""
-        self._prefix = memoryview(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if self._prefix:
-            take = len(self._prefix) if size < 0 else min(size, len(self._prefix))
-            data, self._prefix = bytes(self._prefix[:take]), self._prefix[take:]
-            return data
-        data = self._file.read(size)
-        if not data and self._failed:
-            raise self._failed[0]
-        return data
-
-    def close(self) -> None:
-        self._file.close()
-
-
-_PARTS_IN_MEMORY = 4
+_PARTS_IN_FLIGHT = 2
+"""Parts sent at once (with one more being filled): enough to keep a loopback store and both cores busy."""
 
 
 def _upload_archive(
     client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str
 ) -> dict[str, Any]:
-    """Stream the deterministic tar.gz through a pipe to S3 and verify what S3 stored.
+    """Stream the deterministic tar.gz to S3 while it is written, and verify the checksum S3 stored.
 
     An archive smaller than `multipart_threshold` goes up in one PUT (its response carries the checksum and
-    version); a larger one streams through boto3's transfer manager as a multipart upload, with at most
-    `_PARTS_IN_MEMORY` parts buffered, so memory stays flat whatever the result's size.
+    version); a larger one as a multipart upload of `multipart_chunksize` parts, `_PARTS_IN_FLIGHT` at a
+    time, with memory fixed at `(_PARTS_IN_FLIGHT + 1) × multipart_chunksize` whatever the result's size.
     """
-    read_fd, write_fd = os.pipe()
-    failed: list[BaseException] = []
-    writer_file = os.fdopen(write_fd, "wb", buffering=1024 * 1024)
-    writer = _HashingWriter(writer_file, storage.multipart_chunksize)
+    target = fast_target(client, storage, bucket)
+    in_flight = min(_PARTS_IN_FLIGHT, storage.max_concurrency)
+    sink = PartSink(storage.multipart_chunksize, in_flight + 1)
 
     def produce() -> None:
         try:
-            write_archive(result_dir, writer)  # type: ignore[arg-type]
-            writer_file.flush()
-        except BaseException as exc:  # handed to the reader, which raises it inside the upload
-            failed.append(exc)
-        finally:
-            try:
-                writer_file.close()
-            except OSError as exc:  # the reader is gone: the upload failed and says why
-                failed.append(exc)
+            write_archive(result_dir, sink, digest=False)  # type: ignore[arg-type]
+            sink.finish()
+        except BaseException as exc:  # handed to the uploader, which raises it
+            sink.fail(exc)
 
-    reader = _PipeReader(read_fd, failed)
     producer = threading.Thread(target=produce, name="pbp-archive", daemon=True)
     producer.start()
-    extra = {"ChecksumAlgorithm": "SHA256", "ContentType": "application/gzip"}
     try:
-        first = reader.read(storage.multipart_threshold)
-        multipart = len(first) >= storage.multipart_threshold
-        if not multipart:
-            producer.join()
-            if failed:
-                raise failed[0]
-            put = client.put_object(Bucket=bucket, Key=key, Body=first, **extra)  # type: ignore[arg-type]
-            stored, version = put.get("ChecksumSHA256", ""), put.get("VersionId")
-        else:
-            reader.unread(first)
-            del first
-            config = TransferConfig(
-                multipart_threshold=storage.multipart_threshold,
-                multipart_chunksize=storage.multipart_chunksize,
-                max_concurrency=min(_PARTS_IN_MEMORY, storage.max_concurrency),
-            )
-            config.max_in_memory_upload_chunks = _PARTS_IN_MEMORY
-            client.upload_fileobj(reader, bucket, key, ExtraArgs=extra, Config=config)  # type: ignore[arg-type]
-    except PublishError:
-        raise
-    except Exception as exc:
-        if failed and isinstance(failed[0], PublishError):
-            raise failed[0] from exc
-        raise
-    finally:
-        reader.close()
-        producer.join()
-    if failed:
-        raise failed[0]
-    expected = writer.hasher.checksum(multipart)
-    if multipart:
-        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        stored, version = head.get("ChecksumSHA256", ""), head.get("VersionId")
-    if stored != expected:
-        raise S3PublishError(
-            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
-            f"uploaded has {expected}; the key was probably overwritten concurrently, publish again"
+        stored, version = upload_stream(
+            client,
+            target,
+            bucket,
+            key,
+            sink,
+            threshold=storage.multipart_threshold,
+            in_flight=in_flight,
+            content_type="application/gzip",
         )
-    logger.info("archive s3://%s/%s: %d bytes, checksum %s", bucket, key, writer.hasher.size, expected)
+    finally:
+        sink.close()
+        producer.join()
+        sink.unmap()
+    logger.info("archive s3://%s/%s: %d bytes, checksum %s", bucket, key, sink.size, stored)
     out: dict[str, Any] = {"ChecksumSHA256": stored}
     if version and version != "null":
         out["VersionID"] = version

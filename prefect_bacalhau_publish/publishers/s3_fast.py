@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from botocore.credentials import Credentials
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["FAST_MAX_BYTES", "upload_small_files"]
+__all__ = ["FAST_MAX_BYTES", "fast_target", "put_retrying", "upload_small_files"]
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
@@ -93,7 +93,7 @@ def upload_small_files(
     client = storage.get_client(endpoint, region)
     where = endpoint or storage.endpoint_url
     try:
-        target = _fast_target(client, storage, bucket)
+        target = fast_target(client, storage, bucket)
     except BotoCoreError as exc:
         raise S3PublishError(
             explain(exc, action="publish to", bucket=bucket, key=error_key or items[0][1], endpoint=where)
@@ -126,7 +126,7 @@ class _Target:
     read_timeout: float
 
 
-def _fast_target(client: S3Client, storage: S3Storage, bucket: str) -> _Target | None:
+def fast_target(client: S3Client, storage: S3Storage, bucket: str) -> _Target | None:
     """The fast path's target for this client, or None when boto3 must do the work (see module doc).
 
     Credentials are resolved as `S3Storage` resolves them for its clients: from the nested prefect-aws
@@ -267,25 +267,43 @@ class _Batch:
     def _put_fast(self, wire: _Wire, key: str, body: bytes, content_type: str) -> None:
         digest = hashlib.sha256(body).digest()
         path = f"/{self.bucket}/{quote(key, safe='/~')}"
-        attempt = 0
-        while True:
-            error: BotoCoreError | ClientError
-            try:
-                response = wire.put(path, body, digest, content_type)
-            except BotoCoreError as exc:
-                error = exc
-            else:
-                if response.status == 200:
-                    _check_echo(response, digest, self.bucket, key)
-                    return
-                error = _client_error(response)
-            attempt += 1
-            if attempt >= ATTEMPTS or not _retryable(error):
-                raise error
-            delay = random.uniform(0.5, 1.0) * min(20.0, 0.25 * 2**attempt)
-            logger.debug("retrying PUT s3://%s/%s in %.2fs after %s", self.bucket, key, delay, error)
-            if self.stop.wait(delay):  # another upload failed: no point retrying this one
-                raise error
+        put_retrying(wire, path, body, digest, content_type, stop=self.stop, bucket=self.bucket, key=key)
+
+
+def put_retrying(
+    wire: _Wire,
+    path: str,
+    body: bytes | memoryview,
+    digest: bytes,
+    content_type: str | None,
+    *,
+    stop: threading.Event,
+    bucket: str,
+    key: str,
+    query: str = "",
+) -> _Response:
+    """PUT `body` (SHA-256 `digest`) with up to ATTEMPTS tries on transient failures; checks the echoed
+    checksum and returns the 200 response, or raises the ClientError / BotoCoreError of the last try.
+    `stop` set by another worker ends the retrying early."""
+    attempt = 0
+    while True:
+        error: BotoCoreError | ClientError
+        try:
+            response = wire.put(path, body, digest, content_type, query=query)
+        except BotoCoreError as exc:
+            error = exc
+        else:
+            if response.status == 200:
+                _check_echo(response, digest, bucket, key)
+                return response
+            error = _client_error(response, "UploadPart" if query else "PutObject")
+        attempt += 1
+        if attempt >= ATTEMPTS or not _retryable(error):
+            raise error
+        delay = random.uniform(0.5, 1.0) * min(20.0, 0.25 * 2**attempt)
+        logger.debug("retrying PUT s3://%s/%s in %.2fs after %s", bucket, key, delay, error)
+        if stop.wait(delay):  # another upload failed: no point retrying this one
+            raise error
 
 
 def _check_echo(response: _Response, digest: bytes, bucket: str, key: str) -> None:
@@ -305,7 +323,7 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, ClientError) and error.response["ResponseMetadata"]["HTTPStatusCode"] >= 500
 
 
-def _client_error(response: _Response) -> ClientError:
+def _client_error(response: _Response, operation: str = "PutObject") -> ClientError:
     """The ClientError boto3 would raise for this S3 error response (Code and Message from its XML)."""
     code, message = str(response.status), ""
     if response.body:
@@ -320,7 +338,7 @@ def _client_error(response: _Response) -> ClientError:
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": response.status, "HTTPHeaders": response.headers},
     }
-    return ClientError(error_response, "PutObject")
+    return ClientError(error_response, operation)
 
 
 class _Signer:
@@ -341,16 +359,24 @@ class _Signer:
         return key
 
     def headers(
-        self, path: str, host: str, content_type: str, digest: bytes, amz_date: str | None = None
+        self,
+        path: str,
+        host: str,
+        content_type: str | None,
+        digest: bytes,
+        amz_date: str | None = None,
+        query: str = "",
     ) -> list[tuple[str, str]]:
-        """The signed headers of `PUT path` (lower-case names, sorted), then `authorization`."""
+        """The signed headers of `PUT path?query` (lower-case names, sorted), then `authorization`.
+
+        `query` must already be canonical (names sorted, values URI-encoded); no content type, no header."""
         frozen = self._credentials.get_frozen_credentials()
         if frozen.access_key is None or frozen.secret_key is None:
             raise NoCredentialsError()
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         payload_hash = digest.hex()
-        signed = [
-            ("content-type", content_type),
+        signed = [("content-type", content_type)] if content_type is not None else []
+        signed += [
             ("host", host),
             ("x-amz-checksum-sha256", base64.b64encode(digest).decode()),
             ("x-amz-content-sha256", payload_hash),
@@ -359,8 +385,8 @@ class _Signer:
         if frozen.token:
             signed.append(("x-amz-security-token", frozen.token))
         names = ";".join(name for name, _ in signed)
-        canonical = "PUT\n{}\n\n{}\n{}\n{}".format(
-            path, "".join(f"{name}:{value}\n" for name, value in signed), names, payload_hash
+        canonical = "PUT\n{}\n{}\n{}\n{}\n{}".format(
+            path, query, "".join(f"{name}:{value}\n" for name, value in signed), names, payload_hash
         )
         scope = f"{amz_date[:8]}/{self._region}/s3/aws4_request"
         to_sign = f"{_ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -406,11 +432,19 @@ class _Wire:
             self._sock = None
         self._buf.clear()
 
-    def put(self, path: str, body: bytes, digest: bytes, content_type: str) -> _Response:
+    def put(
+        self,
+        path: str,
+        body: bytes | memoryview,
+        digest: bytes,
+        content_type: str | None,
+        *,
+        query: str = "",
+    ) -> _Response:
         """Send one signed PUT and read its response; a stale kept-alive connection is replaced once."""
-        headers = self._signer.headers(path, self._target.host_header, content_type, digest)
+        headers = self._signer.headers(path, self._target.host_header, content_type, digest, query=query)
         lines = [
-            f"PUT {path} HTTP/1.1",
+            f"PUT {path}{'?' + query if query else ''} HTTP/1.1",
             f"content-length: {len(body)}",
             "user-agent: prefect-bacalhau-publish",
         ]
@@ -441,14 +475,14 @@ class _Wire:
         sock.settimeout(target.read_timeout)
         return sock
 
-    def _exchange(self, head: bytes, body: bytes) -> _Response:
+    def _exchange(self, head: bytes, body: bytes | memoryview) -> _Response:
         if self._sock is None:
             self._sock = self._connect()
         sock = self._sock
         try:
             try:
                 if len(body) <= 65536:
-                    sock.sendall(head + body)
+                    sock.sendall(head + bytes(body))
                 else:
                     sock.sendall(head)
                     sock.sendall(body)

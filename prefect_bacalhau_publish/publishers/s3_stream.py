@@ -1,0 +1,316 @@
+"""Upload one byte stream (the result archive) to S3 as it is produced: a single PUT, or parts in flight.
+
+The producer writes into a fixed pool of part-sized buffers (anonymous memory maps, returned to the system
+when the upload ends), so memory is `(in_flight + 1) × part_size` whatever the archive's size, and no
+pipe or temporary file copies the bytes. Each part is hashed once, in the worker that sends it: the same
+SHA-256 signs the request (`x-amz-content-sha256`), is sent as the part's `x-amz-checksum-sha256`, and
+goes into S3's composite checksum. Parts go through `s3_fast`'s signed PUT on kept-alive connections when
+the endpoint allows it, else through boto3's `upload_part`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mmap
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..errors import S3PublishError
+from ..progress import advance
+from .s3_fast import _Target, _Wire, put_retrying
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["MAX_PARTS", "PartSink", "StreamAborted", "upload_stream"]
+
+MAX_PARTS = 10_000
+"""S3's limit on the parts of one multipart upload."""
+
+
+class StreamAborted(Exception):
+    """Raised inside the producer when the upload gave up: nothing more will be read."""
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+class PartSink:
+    """A write-only stream that cuts what is written into parts of `part_size` bytes in at most `buffers`
+    reusable buffers; `write` blocks while every buffer waits to be sent (back-pressure)."""
+
+    def __init__(self, part_size: int, buffers: int) -> None:
+        self.part_size = part_size
+        self.size = 0
+        self._max = buffers
+        self._all: list[mmap.mmap] = []
+        self._free: list[mmap.mmap] = []
+        self._ready: deque[tuple[int, mmap.mmap, int, bool]] = deque()
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._ended = False
+        self._numbered = 0
+        self._current: mmap.mmap | None = None
+        self._fill = 0
+
+    # producer side -----------------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        total = len(view)
+        while view:
+            if self._current is None:
+                self._current = self._take()
+            take = min(len(view), self.part_size - self._fill)
+            self._current[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size:
+                self._emit(final=False)
+        self.size += total
+        advance(total)
+        return total
+
+    def flush(self) -> None:
+        """Nothing to flush: parts are handed on when full, the last one by `finish`."""
+
+    def finish(self) -> None:
+        """The stream is complete: hand on the last, possibly partial (or empty) part."""
+        if self._current is None:
+            self._current = self._take()
+        self._emit(final=True)
+
+    def fail(self, error: BaseException) -> None:
+        """The producer failed with `error`; the consumer raises it."""
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def _take(self) -> mmap.mmap:
+        with self._cond:
+            while not self._free and len(self._all) >= self._max and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise StreamAborted("the upload ended before the archive was complete")
+            if self._free:
+                return self._free.pop()
+            buffer = mmap.mmap(-1, self.part_size)
+            self._all.append(buffer)
+            return buffer
+
+    def _emit(self, *, final: bool) -> None:
+        assert self._current is not None
+        with self._cond:
+            self._numbered += 1
+            self._ready.append((self._numbered, self._current, self._fill, final))
+            self._ended = final
+            self._cond.notify_all()
+        self._current, self._fill = None, 0
+
+    # consumer side -----------------------------------------------------------------------------------
+    def next_part(self) -> tuple[int, mmap.mmap, int, bool] | None:
+        """The next part `(number, buffer, length, final)` in stream order, None after the final one;
+        raises the producer's error."""
+        with self._cond:
+            while not self._ready and self._error is None and not self._closed:
+                if self._ended:
+                    return None
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StreamAborted("the upload was stopped")
+            return self._ready.popleft()
+
+    def release(self, buffer: mmap.mmap) -> None:
+        """A part was sent: its buffer can take the next one."""
+        with self._cond:
+            self._free.append(buffer)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop: a waiting producer gets StreamAborted; the buffers go back to the system."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def unmap(self) -> None:
+        """Return every buffer to the system (after the producer and all workers have stopped)."""
+        with self._cond:
+            for buffer in self._all:
+                buffer.close()
+            self._all.clear()
+            self._free.clear()
+            self._ready.clear()
+
+
+def upload_stream(
+    client: S3Client,
+    target: _Target | None,
+    bucket: str,
+    key: str,
+    sink: PartSink,
+    *,
+    threshold: int,
+    in_flight: int,
+    content_type: str,
+) -> tuple[str, str | None]:
+    """Upload what the producer writes into `sink` to `s3://bucket/key`; return (ChecksumSHA256, VersionId).
+
+    A stream that ends before `threshold` bytes (and within one part) goes up in one PUT; otherwise a
+    multipart upload with `in_flight` parts sent at once. The checksum S3 reports is compared with the
+    one computed here. On any failure the caller aborts the multipart upload (`s3._abort_uploads`).
+    """
+    first = sink.next_part()
+    assert first is not None  # finish() always hands on a final part
+    _number, buffer, length, final = first
+    if final and length < threshold:
+        with memoryview(buffer) as whole:
+            body = bytes(whole[:length])
+        sink.release(buffer)
+        checksum = _b64(hashlib.sha256(body).digest())
+        put = client.put_object(
+            Bucket=bucket, Key=key, Body=body, ChecksumSHA256=checksum, ContentType=content_type
+        )
+        return _verified(bucket, key, put.get("ChecksumSHA256", ""), checksum, put.get("VersionId"))
+    created = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
+    )
+    upload = _Upload(client, target, bucket, key, created["UploadId"], sink)
+    upload.run(first, max(1, in_flight))
+    parts = [
+        {"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64(digest)}
+        for n, (etag, digest) in sorted(upload.parts.items())
+    ]
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=created["UploadId"],
+        MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+    )
+    digests = b"".join(digest for _, (_, digest) in sorted(upload.parts.items()))
+    expected = f"{_b64(hashlib.sha256(digests).digest())}-{len(parts)}"
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    return _verified(bucket, key, head.get("ChecksumSHA256", ""), expected, head.get("VersionId"))
+
+
+def _verified(
+    bucket: str, key: str, stored: str, expected: str, version: str | None
+) -> tuple[str, str | None]:
+    if stored != expected:
+        raise S3PublishError(
+            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
+            f"uploaded has {expected}; the key was probably overwritten concurrently, publish again"
+        )
+    return stored, version
+
+
+class _Upload:
+    """The workers of one multipart upload: each takes the next part, hashes it, sends it, frees it."""
+
+    def __init__(
+        self, client: S3Client, target: _Target | None, bucket: str, key: str, upload_id: str, sink: PartSink
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+        self.sink = sink
+        self.parts: dict[int, tuple[str, bytes]] = {}
+        self.failure: BaseException | None = None
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self._path = f"/{bucket}/{quote(key, safe='/~')}"
+
+    def run(self, first: tuple[int, mmap.mmap, int, bool], workers: int) -> None:
+        threads = [
+            threading.Thread(
+                target=self._work, args=(first if n == 0 else None,), name=f"pbp-s3-part-{n}", daemon=True
+            )
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C while waiting: stop the producer and the workers, then re-raise
+            self._fail(KeyboardInterrupt())
+            for thread in threads:
+                thread.join()
+            raise
+        if self.failure is not None:
+            raise self.failure
+
+    def _fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.failure is None or isinstance(self.failure, StreamAborted):
+                self.failure = error
+        self.stop.set()
+        self.sink.close()
+
+    def _work(self, job: tuple[int, mmap.mmap, int, bool] | None) -> None:
+        wire = _Wire(self.target) if self.target is not None else None
+        send: Callable[[int, memoryview, bytes], str] = (
+            (lambda n, body, digest: self._put_wire(wire, n, body, digest))
+            if wire is not None
+            else self._put_boto3
+        )
+        try:
+            while not self.stop.is_set():
+                if job is None:
+                    job = self.sink.next_part()
+                    if job is None:
+                        return
+                number, buffer, length, _final = job
+                job = None
+                if number > MAX_PARTS:
+                    raise S3PublishError(
+                        f"publish to s3://{self.bucket}/{self.key} failed: the archive needs more than "
+                        f"{MAX_PARTS} parts of {self.sink.part_size} bytes; raise multipart_chunksize on "
+                        "the S3Storage block"
+                    )
+                if length or number == 1:
+                    with memoryview(buffer) as whole, whole[:length] as body:
+                        digest = hashlib.sha256(body).digest()
+                        etag = send(number, body, digest)
+                    with self.lock:
+                        self.parts[number] = (etag, digest)
+                self.sink.release(buffer)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            if wire is not None:
+                wire.close()
+
+    def _put_wire(self, wire: _Wire, number: int, body: memoryview, digest: bytes) -> str:
+        query = f"partNumber={number}&uploadId={quote(self.upload_id, safe='-_.~')}"
+        response = put_retrying(
+            wire,
+            self._path,
+            body,
+            digest,
+            None,
+            stop=self.stop,
+            bucket=self.bucket,
+            key=self.key,
+            query=query,
+        )
+        return response.headers.get("etag", "")
+
+    def _put_boto3(self, number: int, body: memoryview, digest: bytes) -> str:
+        response: Any = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(body),
+            ChecksumSHA256=_b64(digest),
+        )
+        return str(response["ETag"])
