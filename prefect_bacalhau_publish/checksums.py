@@ -23,10 +23,10 @@ def is_composite(checksum: str) -> bool:
 class PartHasher:
     """Hashes a byte stream whole and in parts of `part_size` bytes, for either checksum form."""
 
-    def __init__(self, part_size: int) -> None:
+    def __init__(self, part_size: int, *, whole: bool = True) -> None:
         self.part_size = part_size
         self.size = 0
-        self._whole = hashlib.sha256()
+        self._whole = hashlib.sha256() if whole else None
         self._part = hashlib.sha256()
         self._fill = 0
         self._digests: list[bytes] = []
@@ -34,7 +34,8 @@ class PartHasher:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next bytes."""
         view = memoryview(data)
-        self._whole.update(view)
+        if self._whole is not None:
+            self._whole.update(view)
         self.size += len(view)
         while len(view):
             take = min(len(view), self.part_size - self._fill)
@@ -48,6 +49,8 @@ class PartHasher:
     def checksum(self, multipart: bool) -> str:
         """The SHA-256 of the bytes (single PUT), or the composite of the parts' digests with `-N`."""
         if not multipart:
+            if self._whole is None:
+                raise ValueError("this hasher was made without the whole-stream hash")
             return b64(self._whole.digest())
         digests = self._digests + ([self._part.digest()] if self._fill else [])
         return f"{b64(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
@@ -63,18 +66,33 @@ def part_size_candidates(total: int, parts: int) -> list[int]:
     return [mib * MiB for mib in range(first, high // MiB + 1)][:64]
 
 
+class ChecksumVerifier:
+    """Checks bytes against an S3 ChecksumSHA256 (either form) as they pass, in one pass: for the composite
+    form, every part size an SDK could have used for `total` bytes is hashed side by side."""
+
+    def __init__(self, checksum: str, total: int) -> None:
+        self.checksum = checksum
+        self.multipart = is_composite(checksum)
+        if not self.multipart:
+            sizes = [max(total, 1)]
+        else:
+            sizes = part_size_candidates(total, int(checksum.rpartition("-")[2]))
+        self._hashers = [PartHasher(size, whole=not self.multipart) for size in sizes]
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next bytes."""
+        for hasher in self._hashers:
+            hasher.update(data)
+
+    def matches(self) -> bool:
+        """True when the bytes fed have the checksum (under one of the candidate part sizes)."""
+        return any(hasher.checksum(self.multipart) == self.checksum for hasher in self._hashers)
+
+
 def file_matches(path: Path, checksum: str) -> bool:
     """True when the file's bytes have S3 checksum `checksum`, in either form (composite: any SDK part size)."""
-    total = path.stat().st_size
-    if not is_composite(checksum):
-        sizes, multipart = [max(total, 1)], False
-    else:
-        sizes, multipart = part_size_candidates(total, int(checksum.rpartition("-")[2])), True
-    for size in sizes:
-        hasher = PartHasher(size)
-        with open(path, "rb") as handle:
-            while chunk := handle.read(MiB):
-                hasher.update(chunk)
-        if hasher.checksum(multipart) == checksum:
-            return True
-    return False
+    verifier = ChecksumVerifier(checksum, path.stat().st_size)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(MiB):
+            verifier.update(chunk)
+    return verifier.matches()

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from prefect_bacalhau_publish.checksums import (
+    ChecksumVerifier,
     MiB,
     PartHasher,
     file_matches,
@@ -49,3 +50,18 @@ def test_part_size_candidates() -> None:
     ]
     assert part_size_candidates(100 * MiB + 1, 7) == [15 * MiB, 16 * MiB]
     assert all(((100 * MiB + 1) + p - 1) // p == 7 for p in part_size_candidates(100 * MiB + 1, 7))
+
+
+def test_verifier_checks_a_stream_in_one_pass_for_every_candidate_part_size() -> None:
+    data = os.urandom(16 * MiB)
+    part = 11 * MiB  # one of the 8 part sizes that cut 16 MiB into 2 parts
+    digests = hashlib.sha256(data[:part]).digest() + hashlib.sha256(data[part:]).digest()
+    checksum = base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-2"
+    for payload, expected in ((data, True), (data[:-1] + bytes([data[-1] ^ 1]), False)):
+        verifier = ChecksumVerifier(checksum, len(payload))
+        for start in range(0, len(payload), 999_999):
+            verifier.update(payload[start : start + 999_999])
+        assert verifier.matches() is expected
+    plain = ChecksumVerifier(base64.b64encode(hashlib.sha256(data).digest()).decode(), len(data))
+    plain.update(data)
+    assert plain.matches()

@@ -11,6 +11,7 @@ the endpoint allows it, else through boto3's `upload_part`.
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import mmap
 import threading
@@ -30,6 +31,29 @@ __all__ = ["MAX_PARTS", "PartSink", "StreamAborted", "upload_stream"]
 
 MAX_PARTS = 10_000
 """S3's limit on the parts of one multipart upload."""
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None elsewhere (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def _give_back_free_memory() -> None:
+    """Return the C heap's free pages to the system once per part.
+
+    The archive's ~1 MiB compressed chunks are freed as soon as they are copied, but glibc raises its mmap
+    threshold after the first one and keeps them on the heap, pinned by small long-lived objects: without
+    this, peak memory grew 13 MiB from a 1 GiB to a 4 GiB archive; with it, it is flat.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 class StreamAborted(Exception):
@@ -129,6 +153,7 @@ class PartSink:
 
     def release(self, buffer: mmap.mmap) -> None:
         """A part was sent: its buffer can take the next one."""
+        _give_back_free_memory()
         with self._cond:
             self._free.append(buffer)
             self._cond.notify_all()

@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..archive import extract_archive
 from ..blocks import S3Storage
-from ..checksums import PartHasher, file_matches, is_composite
+from ..checksums import ChecksumVerifier, PartHasher, file_matches, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..progress import advance
 from ..s3errors import explain
@@ -91,15 +91,24 @@ def _fetch_presigned(params: S3PreSignedParams, dest: Path) -> Path:
                         " (expired or revoked URL? ask for a new one)"
                     )
                 expected = int(response.headers.get("content-length", -1))
+                verifier = (
+                    ChecksumVerifier(params.checksum_sha256, expected)
+                    if params.checksum_sha256 and expected >= 0
+                    else None
+                )
                 with open(download, "wb") as out:
                     for chunk in response.iter_bytes(_CHUNK):
                         out.write(chunk)
+                        if verifier is not None:
+                            verifier.update(chunk)
                         advance(len(chunk))
         except httpx.HTTPError as exc:
             raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
         if expected >= 0 and download.stat().st_size != expected:
             raise FetchError(f"fetch {where} was cut short: {download.stat().st_size} of {expected} bytes")
-        if params.checksum_sha256 and not file_matches(download, params.checksum_sha256):
+        if params.checksum_sha256 and not (
+            verifier.matches() if verifier is not None else file_matches(download, params.checksum_sha256)
+        ):
             raise ChecksumMismatchError(
                 f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
             )
