@@ -559,7 +559,7 @@ def _extract_into(raw: IO[bytes], root: str, max_bytes: int, max_members: int) -
     reader.allow(_META_CAP, meta)
     extractor = _Extractor(root, reader, max_bytes, max_members)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, bufsize=_OUT_CHUNK) as tar:  # type: ignore[call-overload]
             while True:
                 reader.allow(_META_CAP, meta)
                 member = tar.next()

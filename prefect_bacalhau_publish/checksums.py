@@ -68,25 +68,31 @@ def part_size_candidates(total: int, parts: int) -> list[int]:
 
 class ChecksumVerifier:
     """Checks bytes against an S3 ChecksumSHA256 (either form) as they pass, in one pass: for the composite
-    form, every part size an SDK could have used for `total` bytes is hashed side by side."""
+    form, every part size an SDK could have used for `total` bytes (which must then be known) is hashed
+    side by side."""
 
-    def __init__(self, checksum: str, total: int) -> None:
+    def __init__(self, checksum: str, total: int | None) -> None:
         self.checksum = checksum
-        self.multipart = is_composite(checksum)
-        if not self.multipart:
-            sizes = [max(total, 1)]
-        else:
-            sizes = part_size_candidates(total, int(checksum.rpartition("-")[2]))
-        self._hashers = [PartHasher(size, whole=not self.multipart) for size in sizes]
+        self._whole = None if is_composite(checksum) else hashlib.sha256()
+        self._hashers: list[PartHasher] = []
+        if self._whole is None:
+            if total is None:
+                raise ValueError("a composite checksum can only be checked when the total size is known")
+            parts = int(checksum.rpartition("-")[2])
+            self._hashers = [PartHasher(size, whole=False) for size in part_size_candidates(total, parts)]
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next bytes."""
+        if self._whole is not None:
+            self._whole.update(data)
         for hasher in self._hashers:
             hasher.update(data)
 
     def matches(self) -> bool:
         """True when the bytes fed have the checksum (under one of the candidate part sizes)."""
-        return any(hasher.checksum(self.multipart) == self.checksum for hasher in self._hashers)
+        if self._whole is not None:
+            return b64(self._whole.digest()) == self.checksum
+        return any(hasher.checksum(True) == self.checksum for hasher in self._hashers)
 
 
 def file_matches(path: Path, checksum: str) -> bool:

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..archive import extract_archive
 from ..blocks import S3Storage
-from ..checksums import ChecksumVerifier, PartHasher, file_matches, is_composite
+from ..checksums import ChecksumVerifier, PartHasher, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..progress import advance
 from ..s3errors import explain
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import place
+from .tail import extract_while_downloading
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -60,10 +60,13 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
                     raise FetchError(
                         f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
                     )
-                archive = Path(tmp) / "archive.tar.gz"
-                with open(archive, "wb") as out:
-                    download_verified(client, params.bucket, objects[0], out, params.checksum_sha256)
-                extract_archive(archive, staging)
+                extract_while_downloading(
+                    Path(tmp) / "archive.tar.gz",
+                    lambda out: download_verified(
+                        client, params.bucket, objects[0], out, params.checksum_sha256
+                    ),
+                    staging,
+                )
             else:
                 _download_all(client, params, objects, staging, storage.max_concurrency)
             place(staging, dest)
@@ -78,46 +81,54 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
 def _fetch_presigned(params: S3PreSignedParams, dest: Path) -> Path:
     """Download through the presigned URL (no credentials needed), verify ChecksumSHA256, place or extract."""
     name = PurePosixPath(params.key).name or "object"
-    where = f"s3://{params.bucket}/{params.key}"
     with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
         staging = Path(tmp) / "content"
-        staging.mkdir()
         download = Path(tmp) / "download"
-        try:
-            with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False) as response:
-                if response.status_code != 200:
-                    raise FetchError(
-                        f"fetch {where} through its presigned URL failed: HTTP {response.status_code}"
-                        " (expired or revoked URL? ask for a new one)"
-                    )
-                expected = int(response.headers.get("content-length", -1))
-                verifier = (
-                    ChecksumVerifier(params.checksum_sha256, expected)
-                    if params.checksum_sha256 and expected >= 0
-                    else None
-                )
-                with open(download, "wb") as out:
-                    for chunk in response.iter_bytes(_CHUNK):
-                        out.write(chunk)
-                        if verifier is not None:
-                            verifier.update(chunk)
-                        advance(len(chunk))
-        except httpx.HTTPError as exc:
-            raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
-        if expected >= 0 and download.stat().st_size != expected:
-            raise FetchError(f"fetch {where} was cut short: {download.stat().st_size} of {expected} bytes")
-        if params.checksum_sha256 and not (
-            verifier.matches() if verifier is not None else file_matches(download, params.checksum_sha256)
-        ):
-            raise ChecksumMismatchError(
-                f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
-            )
         if params.extract:
-            extract_archive(download, staging)
+            extract_while_downloading(download, lambda out: _download_presigned(params, out), staging)
         else:
+            staging.mkdir()
+            with open(download, "wb") as out:
+                _download_presigned(params, out)
             download.rename(staging / name)
         place(staging, dest)
     return dest
+
+
+def _download_presigned(params: S3PreSignedParams, out: BinaryIO) -> None:
+    """GET the presigned URL into `out`, checking its length and ChecksumSHA256 as the bytes pass."""
+    where = f"s3://{params.bucket}/{params.key}"
+    got = 0
+    try:
+        with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False) as response:
+            if response.status_code != 200:
+                raise FetchError(
+                    f"fetch {where} through its presigned URL failed: HTTP {response.status_code}"
+                    " (expired or revoked URL? ask for a new one)"
+                )
+            expected = int(response.headers.get("content-length", -1))
+            verifier = None
+            if params.checksum_sha256:
+                if expected < 0 and is_composite(params.checksum_sha256):
+                    raise FetchError(
+                        f"fetch {where} cannot be verified: the store sent no Content-Length, which a "
+                        "multipart checksum needs"
+                    )
+                verifier = ChecksumVerifier(params.checksum_sha256, expected if expected >= 0 else None)
+            for chunk in response.iter_bytes(_CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                if verifier is not None:
+                    verifier.update(chunk)
+                advance(len(chunk))
+    except httpx.HTTPError as exc:
+        raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
+    if expected >= 0 and got != expected:
+        raise FetchError(f"fetch {where} was cut short: {got} of {expected} bytes")
+    if verifier is not None and not verifier.matches():
+        raise ChecksumMismatchError(
+            f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
+        )
 
 
 def presign(result: S3Params, storage: S3Storage) -> S3PreSignedParams:

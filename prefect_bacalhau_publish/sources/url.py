@@ -22,12 +22,12 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from ..archive import extract_archive
 from ..blocks import LocalResultServer
 from ..errors import ChecksumMismatchError, FetchError
 from ..progress import advance
 from ..specs import SourceSpec, URLParams
 from .place import place
+from .tail import extract_while_downloading
 
 __all__ = ["RESUMES", "expected_sha256", "fetch", "file_name"]
 
@@ -69,14 +69,16 @@ def fetch(source: SourceSpec, dest: Path, target: LocalResultServer | None) -> P
 def _materialise(url: str, tmp: Path, extract: bool) -> int:
     """Download `url` into `tmp` and leave the input at `tmp/content`; return the bytes downloaded."""
     download = tmp / "download.part"
-    with open(download, "w+b") as out:
-        size = _download(url, out)
     if extract:
         try:
-            extract_archive(download, tmp / "content")
+            return extract_while_downloading(download, lambda out: _download(url, out), tmp / "content")
         except FetchError as exc:
+            if url in str(exc):  # the download's own error names the URL already
+                raise
             raise type(exc)(f"{url}: {exc}") from exc
-    else:
+    with open(download, "w+b") as out:
+        size = _download(url, out)
+    if not extract:
         (tmp / "content").mkdir()
         os.replace(download, tmp / "content" / file_name(url))
     return size
