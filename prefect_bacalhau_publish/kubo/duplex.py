@@ -45,8 +45,15 @@ class _Exchange:
     def _write_body(self) -> None:
         try:
             stream: Any = self.request.stream
+            chunked = self.request.headers.get("transfer-encoding", "").lower() == "chunked"
             for chunk in stream:
-                if chunk:
+                if not chunk:
+                    continue
+                if chunked:  # frame it here: h11 would copy every chunk into a new bytes object
+                    self.sock.sendall(b"%x\r\n" % len(chunk))
+                    self.sock.sendall(chunk)
+                    self.sock.sendall(b"\r\n")
+                else:
                     self.send(h11.Data(data=chunk))
             self.send(h11.EndOfMessage())
         except BaseException as exc:  # handed to the reading thread
