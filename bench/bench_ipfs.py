@@ -1,10 +1,11 @@
-"""Benchmark: our IPFS publish (CID verified locally) against `ipfs add -r` with the same flags.
+"""W3 of issue 9: our IPFS publish (CID verified locally) against `ipfs add -r` with the same flags.
 
-Builds a mixed result folder (half random bytes, half text), starts its own Kubo daemon on loopback and
-times, for each run, our `publish_folder` and the Kubo CLI on the same folder; before every measurement
-the node is emptied (unpin + `repo gc`) so both start from the same state. Prints medians and the ratio.
+Builds (or reuses) bench/common.py's mixed folder, starts its own Kubo daemon on loopback and times, for
+each run, our `publish_folder` and the Kubo CLI on the same folder; before every measurement the node is
+emptied (unpin + `repo gc`) so both start from the same state. Every run must give the same CID. Prints
+the per-run times and a Markdown table (medians, median of the pairwise ratios).
 
-    .venv/bin/python bench/bench_ipfs.py --size-mib 256 --runs 3
+    .venv/bin/python bench/bench_ipfs.py --size-mib 1024 --runs 5
 """
 
 from __future__ import annotations
@@ -12,60 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect_bacalhau_publish.blocks import IPFSNode
-from prefect_bacalhau_publish.kubo.unixfs import PROFILES, ImportParams
-from prefect_bacalhau_publish.publishers.ipfs import publish_folder
-from prefect_bacalhau_publish.testing import KuboServer, binary, running_kubo
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import build_mixed_folder, ratio_row  # noqa: E402
+
+from prefect_bacalhau_publish.blocks import IPFSNode  # noqa: E402
+from prefect_bacalhau_publish.kubo.unixfs import PROFILES, ImportParams  # noqa: E402
+from prefect_bacalhau_publish.publishers.ipfs import publish_folder  # noqa: E402
+from prefect_bacalhau_publish.testing import KuboServer, binary, running_kubo  # noqa: E402
 
 MiB = 1024 * 1024
-WORDS = [
-    "result",
-    "output",
-    "stdout",
-    "stderr",
-    "exit",
-    "code",
-    "job",
-    "node",
-    "execution",
-    "bacalhau",
-    "prefect",
-    "publish",
-    "ipfs",
-    "cid",
-]
-
-
-def build_folder(root: Path, size_mib: int, seed: int = 7) -> int:
-    """Half random files (assorted sizes), half text files; returns the byte count written."""
-    rnd = random.Random(seed)
-    half = size_mib * MiB // 2
-    (root / "outputs" / "random").mkdir(parents=True)
-    (root / "outputs" / "text").mkdir(parents=True)
-    written, index = 0, 0
-    sizes = [16 * MiB, 3 * MiB + 17, MiB, 300 * 1024, 40 * 1024, 1500]
-    while written < half:
-        size = min(sizes[index % len(sizes)], half - written)
-        (root / "outputs" / "random" / f"blob-{index:04d}.bin").write_bytes(rnd.randbytes(size))
-        written, index = written + size, index + 1
-    text_written, index = 0, 0
-    while text_written < half:
-        target = min([8 * MiB, 2 * MiB, 200 * 1024, 5000][index % 4], half - text_written)
-        line = " ".join(rnd.choice(WORDS) for _ in range(12)) + "\n"
-        data = (line * (target // len(line) + 1)).encode()[:target]
-        (root / "outputs" / "text" / f"log-{index:04d}.txt").write_bytes(data)
-        text_written, index = text_written + len(data), index + 1
-    (root / "stdout").write_text("done\n")
-    (root / "stderr").write_text("")
-    (root / "exitCode").write_text("0")
-    return written + text_written
 
 
 def ipfs(kubo: KuboServer, *args: str) -> str:
@@ -91,36 +57,38 @@ def cli_add(kubo: KuboServer, folder: Path, params: ImportParams) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="unixfs-v1-2025")
+    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("use at least 3 runs")
     params = PROFILES[args.profile]
-    with tempfile.TemporaryDirectory(prefix="pbp-bench-ipfs-") as tmp:
-        folder = Path(tmp) / "result"
-        size = build_folder(folder, args.size_mib)
-        print(
-            f"folder: {size / MiB:.1f} MiB in {sum(1 for _ in folder.rglob('*'))} entries; profile {args.profile}"
-        )
-        with running_kubo(Path(tmp)) as kubo:
-            node = IPFSNode(api_address=kubo.api_url, cid_profile=args.profile, pin=True)
-            ours: list[float] = []
-            theirs: list[float] = []
-            cids: set[str] = set()
-            for run in range(args.runs):
-                for name, times in (("ours", ours), ("ipfs add", theirs)):
-                    empty_node(kubo)
-                    start = time.perf_counter()
-                    cid = publish_folder(folder, node) if name == "ours" else cli_add(kubo, folder, params)
-                    times.append(time.perf_counter() - start)
-                    cids.add(cid)
-                    print(
-                        f"run {run + 1} {name:8s} {times[-1]:7.2f}s  {size / MiB / times[-1]:7.1f} MiB/s  {cid}"
-                    )
+    args.dir.mkdir(parents=True, exist_ok=True)
+    folder = build_mixed_folder(args.dir, args.size_mib)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    print(f"folder: {size / MiB:.1f} MiB in {len(files)} files; profile {args.profile}")
+    ours: list[float] = []
+    theirs: list[float] = []
+    cids: set[str] = set()
+    with running_kubo(args.dir) as kubo:
+        node = IPFSNode(api_address=kubo.api_url, cid_profile=args.profile, pin=True)
+        for run in range(args.runs):
+            for name, times in (("ours", ours), ("ipfs add", theirs)):
+                empty_node(kubo)
+                start = time.perf_counter()
+                cid = publish_folder(folder, node) if name == "ours" else cli_add(kubo, folder, params)
+                times.append(time.perf_counter() - start)
+                cids.add(cid)
+                print(
+                    f"run {run + 1} {name:8s} {times[-1]:7.2f}s  {size / MiB / times[-1]:7.1f} MiB/s  {cid}"
+                )
     if len(cids) != 1:
         raise SystemExit(f"CIDs differ between runs or tools: {cids}")
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
@@ -131,11 +99,20 @@ def main() -> None:
         "ours_median_s": round(ours_median, 3),
         "ipfs_add_median_s": round(theirs_median, 3),
         "ratio_ours_over_ipfs_add": round(ours_median / theirs_median, 3),
+        "ratio_median_of_pairs": round(
+            statistics.median(a / b for a, b in zip(ours, theirs, strict=True)), 3
+        ),
         "cid": cids.pop(),
     }
-    print(json.dumps(result, indent=2))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"\n### IPFS publish, {args.size_mib} MiB, profile {args.profile}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n"
+    )
+    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
+    print("|---|---|---|---|")
+    print(ratio_row("W3 IPFS publish (CID verified) vs ipfs add -r", ours, theirs, target=1.1))
 
 
 if __name__ == "__main__":

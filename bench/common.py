@@ -80,7 +80,7 @@ def ratio_row(name: str, ours: list[float], base: list[float], *, target: float 
     goal = "" if target is None else f" (≤ {target})"
     return (
         f"| {name} | {statistics.median(ours):.3f} | {statistics.median(base):.3f} "
-        f"| {ratio:.2f}{goal}{verdict} (n={len(ratios)}) |"
+        f"| {ratio:.3f}{goal}{verdict} (n={len(ratios)}) |"
     )
 
 

@@ -13,9 +13,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,16 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path, probe: httpx.Request) -> None:
+def _wait_ready(
+    name: str, proc: subprocess.Popen[bytes], log: Path, probe: httpx.Request, ready: int = 200
+) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     with httpx.Client(timeout=2.0, trust_env=False) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServerStartError(f"{name} exited with {proc.returncode}:\n{_log_tail(log)}")
             with contextlib.suppress(httpx.HTTPError):
-                if client.send(probe).status_code == 200:
+                if client.send(probe).status_code == ready:
                     return
             time.sleep(0.1)  # poll interval, not synchronisation: readiness is the health answer
     proc.kill()
@@ -212,6 +215,66 @@ class KuboServer:
         """Stop the daemon."""
         if self.proc is not None:
             _stop(self.proc)
+
+
+@dataclass
+class ResultServerProcess:
+    """`prefect-bacalhau serve` (the local result server) in a child process on 127.0.0.1, logging to `log`."""
+
+    storage: Path
+    log: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ResultServerProcess:
+        """Start it and wait until it answers (`/` is never listed: a 404 means up)."""
+        cmd = [sys.executable, "-m", "prefect_bacalhau_publish.cli", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--storage-dir", str(self.storage)]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        probe = httpx.Request("GET", f"{self.base_url}/")
+        _wait_ready("prefect-bacalhau serve", self.proc, self.log, probe, ready=404)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Terminate (then kill) and wait."""
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The JSON access-log lines written so far."""
+        text = self.log.read_text(errors="replace")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def wait_for_lines(
+        self, keep: Callable[[dict[str, Any]], bool], count: int, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """The access-log lines `keep` selects, once there are `count` of them (a line is written just
+        after its response ends, so it may trail the client by a moment); AssertionError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.access_lines() if keep(line)]
+            if len(lines) >= count or time.monotonic() > deadline:
+                assert len(lines) == count, self.access_lines()
+                return lines
+            time.sleep(0.05)  # poll interval; the condition is the log file's content
+
+    def __enter__(self) -> ResultServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextlib.contextmanager

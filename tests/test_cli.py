@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,47 +153,16 @@ def test_get_flow_run_merges_results(
 
 
 def test_serve_get_readdress_prune_local(result_dir: Path, tmp_path: Path) -> None:
-    import httpx
 
     from prefect_bacalhau_publish.blocks import LocalResultServer
     from prefect_bacalhau_publish.publishers import publish_to
     from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec
-    from prefect_bacalhau_publish.testing import free_port
+    from prefect_bacalhau_publish.testing import ResultServerProcess, free_port
 
     storage = tmp_path / "store"
 
-    def start(port: int) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect_bacalhau_publish.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-dir",
-                str(storage),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        with httpx.Client(trust_env=False, timeout=1) as client:
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, "serve exited"
-                try:
-                    if client.get(f"http://127.0.0.1:{port}/").status_code == 404:  # up: "/" is never listed
-                        return proc
-                except httpx.TransportError:
-                    time.sleep(0.05)  # poll interval; readiness is the server's own answer
-        proc.kill()
-        raise AssertionError("serve did not come up")
-
     first_port, second_port = free_port(), free_port()
-    server = start(first_port)
-    try:
+    with ResultServerProcess(storage, tmp_path / "serve-1.log", first_port):
         config = LocalResultServer(storage_dir=storage, port=first_port, public_address="loopback")
         result = publish_to(result_dir, PublisherSpec(type="local"), ExecutionContext.new(), local=config)
         spec_file = tmp_path / "local.json"
@@ -203,11 +171,7 @@ def test_serve_get_readdress_prune_local(result_dir: Path, tmp_path: Path) -> No
         done = cli("get", str(spec_file), "-o", str(tmp_path / "got"))
         assert done.returncode == 0, done.stderr
         assert tree(tmp_path / "got") == tree(result_dir)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    server = start(second_port)  # the node moved to another port
-    try:
+    with ResultServerProcess(storage, tmp_path / "serve-2.log", second_port):  # the node moved
         stale = cli("get", str(spec_file), "-o", str(tmp_path / "stale"))
         assert stale.returncode == 1 and "readdress" in stale.stderr
         done = cli(
@@ -217,9 +181,6 @@ def test_serve_get_readdress_prune_local(result_dir: Path, tmp_path: Path) -> No
         done = cli("get", str(spec_file), "-o", str(tmp_path / "again"))
         assert done.returncode == 0, done.stderr
         assert tree(tmp_path / "again") == tree(result_dir)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     done = cli("prune", "--storage-dir", str(storage), "--max-total-bytes", "0")
     assert done.returncode == 0, done.stderr
     assert "1 result(s) removed" in done.stdout

@@ -8,18 +8,13 @@ so the kill (and the restart) always lands mid-body, with no sleeps.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from prefect_bacalhau_publish.blocks import LocalResultServer
@@ -28,7 +23,7 @@ from prefect_bacalhau_publish.progress import listening
 from prefect_bacalhau_publish.publishers import publish_to
 from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, PublisherSpec
 from prefect_bacalhau_publish.tasks import get_result
-from prefect_bacalhau_publish.testing import free_port
+from prefect_bacalhau_publish.testing import ResultServerProcess, free_port
 
 from .faultkit import BOUND, Gate, digest_tree, in_thread
 
@@ -38,82 +33,9 @@ FILE_SIZE = 64 * MiB  # 128 MiB of random data: the archive is as large, and far
 THRESHOLD = 32 * MiB
 
 
-@dataclass
-class ServeProcess:
-    """`prefect-bacalhau serve` in a child process, on a fixed port, logging (JSON access lines) to a file."""
-
-    storage: Path
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServeProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "prefect_bacalhau_publish.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--storage-dir",
-            str(self.storage),
-        ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + BOUND
-        with httpx.Client(trust_env=False, timeout=2) as client:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"serve exited: {self.log.read_text(errors='replace')}"
-                try:
-                    if client.get(f"{self.base_url}/").status_code == 404:  # up: "/" is never listed
-                        return self
-                except httpx.TransportError:
-                    time.sleep(0.05)  # poll interval; readiness is the server's own answer
-        self.stop()
-        raise AssertionError(f"serve did not come up on port {self.port}")
-
-    def kill(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def wait_for_lines(self, keep: Callable[[dict[str, Any]], bool], count: int) -> list[dict[str, Any]]:
-        """The access-log lines `keep` selects, once there are `count` of them (each line is written just
-        after its response ends, so it may trail the client by a moment)."""
-        deadline = time.monotonic() + BOUND
-        while True:
-            lines = [line for line in self.access_lines() if keep(line)]
-            if len(lines) >= count or time.monotonic() > deadline:
-                assert len(lines) == count, self.access_lines()
-                return lines
-            time.sleep(0.05)  # poll interval; the condition is the log file's content
-
-    def access_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                lines.append(json.loads(line))
-        return lines
-
-
 @dataclass(frozen=True)
 class Setup:
-    server: ServeProcess
+    server: ResultServerProcess
     result: PublishedResult
     archive_size: int
     source_tree: dict[str, str]
@@ -141,7 +63,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     work = tmp_path / "work"
     work.mkdir()
     (work / "neighbour.txt").write_text("beside the destination\n")
-    server = ServeProcess(storage, port, tmp_path / "serve.log").start()
+    server = ResultServerProcess(storage, tmp_path / "serve.log", port).start()
     try:
         yield Setup(server, result, archive.stat().st_size, digest_tree(folder), work)
     finally:

@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,69 +24,17 @@ import pytest
 from prefect_bacalhau_publish.blocks import LocalResultServer
 from prefect_bacalhau_publish.publishers import publish_to
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec
-from prefect_bacalhau_publish.testing import free_port
+from prefect_bacalhau_publish.testing import ResultServerProcess
 
 REQUESTS = 500
 KINDS = ("get", "head", "range")
 DEADLINE = 120.0
 
 
-@dataclass
-class Served:
-    base_url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def access_lines(self) -> list[dict[str, Any]]:
-        return [
-            json.loads(line)
-            for line in self.log.read_text(errors="replace").splitlines()
-            if line.startswith("{")
-        ]
-
-
 @pytest.fixture()
-def served(tmp_path: Path) -> Iterator[Served]:
-    storage = tmp_path / "store"
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect_bacalhau_publish.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-dir",
-                str(storage),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE
-        with httpx.Client(trust_env=False, timeout=2) as client:
-            while True:
-                assert proc.poll() is None, log.read_text(errors="replace")
-                assert time.monotonic() < deadline, "serve did not come up"
-                try:
-                    if client.get(f"{base_url}/").status_code == 404:  # up: "/" is never listed
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)  # poll interval; readiness is the server's own answer
-        yield Served(base_url, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+def served(tmp_path: Path) -> Iterator[ResultServerProcess]:
+    with ResultServerProcess(tmp_path / "store", tmp_path / "serve.log") as server:
+        yield server
 
 
 @dataclass(frozen=True)
@@ -165,13 +109,13 @@ async def storm(url: str, blob: bytes) -> tuple[list[Outcome], int]:
 
 
 @pytest.mark.slow
-def test_five_hundred_concurrent_requests(served: Served, tmp_path: Path) -> None:
+def test_five_hundred_concurrent_requests(served: ResultServerProcess, tmp_path: Path) -> None:
     folder = tmp_path / "result"
     (folder / "outputs").mkdir(parents=True)
     (folder / "stdout").write_text("load\n")
     (folder / "outputs" / "blob.bin").write_bytes(os.urandom(1 << 20))
-    port = int(served.base_url.rpartition(":")[2])
-    config = LocalResultServer(storage_dir=served.log.parent / "store", port=port, public_address="loopback")
+    port = served.port
+    config = LocalResultServer(storage_dir=served.storage, port=port, public_address="loopback")
     result = publish_to(
         folder, PublisherSpec.model_validate({"Type": "local"}), ExecutionContext.new(), local=config
     )
@@ -189,7 +133,7 @@ def test_five_hundred_concurrent_requests(served: Served, tmp_path: Path) -> Non
     assert elapsed < DEADLINE
     assert Counter(o.kind for o in outcomes) == {"get": 167, "head": 167, "range": 166}
     assert peak >= REQUESTS // 2, f"only {peak} requests were ever in flight together"
-    assert served.proc.poll() is None  # still up
+    assert served.proc is not None and served.proc.poll() is None  # still up
 
     # The server accounts for every request and every byte it sent.
     path = "/" + url.rpartition("/")[2]
