@@ -41,7 +41,7 @@ demo: venv servers
 
 bench: venv servers
 	@command -v pigz >/dev/null || { apt-get update -q && apt-get install -y -q pigz; }
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+SCRIPT_TIMEOUT = 60 * 60
+"""Seconds one benchmark script may run (the slowest, bench_s3.py --full, takes about half an hour)."""
 HEADER = [
     "| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |",
     "|---|---|---|---|",
@@ -114,9 +116,18 @@ def main() -> int:
     failed: list[str] = []
     for script, *rest in runs:
         print(f"bench: {script} {' '.join(rest)}", flush=True)
-        done = subprocess.run(
-            [sys.executable, str(BENCH / script), *rest], capture_output=True, text=True, check=False
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, str(BENCH / script), *rest],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=SCRIPT_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired as expired:
+            out = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else ""
+            err = f"timed out after {SCRIPT_TIMEOUT} s"
+            done = subprocess.CompletedProcess(expired.cmd, -1, out or "", err)
         table = tables(done.stdout)
         rows += [line for line in done.stdout.splitlines() if line.startswith("| W")]
         sections.append(f"## {script} {' '.join(rest)}\n\n{table or done.stdout[-2000:]}\n")
