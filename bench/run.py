@@ -2,7 +2,8 @@
 
 Each script compares, in the same run, against the tool a user would otherwise script and prints Markdown
 tables; this collects every workload row ("| W…") into one summary table at the top of the file and on
-stdout, followed by each script's own tables. Default sizes are modest for a 2-core machine (256 MiB,
+stdout, followed by each script's own tables (and profile_w2.py's account of where W2's time goes:
+both sides' CPU and MinIO's own profile). Default sizes are modest for a 2-core machine (256 MiB,
 2000 files, 5 runs); --full runs the issue's (W1 at 256 MiB / 1 GiB / 4 GiB, W2 at 1k / 10k / 50k files,
 W6 at 1 GiB vs 4 GiB, 5 runs, fewer at the largest sizes; tens of minutes). --only reruns some scripts into <date>-<names>.md.
 """
@@ -46,6 +47,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_get.py", "--size-mib", s, "--runs", "3"],
             ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
             ["bench_ipfs.py", "--size-mib", s, "--runs", "3"],
+            ["profile_w2.py", "--files", n, "--loop", n],
         ]
     if full:
         return [
@@ -56,6 +58,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_get.py", "--size-mib", "1024", "--runs", "5"],
             ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
             ["bench_ipfs.py", "--size-mib", "1024", "--runs", "5"],
+            ["profile_w2.py", "--files", "10000"],
         ]  # fmt: skip
     return [
         ["bench_archive.py", "--size-mib", "256", "--runs", "3"],
@@ -64,6 +67,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["bench_get.py", "--size-mib", "256", "--runs", "5"],
         ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
         ["bench_ipfs.py", "--size-mib", "256", "--runs", "5"],
+        ["profile_w2.py", "--files", "2000"],
     ]
 
 
