@@ -13,14 +13,11 @@ Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_local import paired  # noqa: E402
 from bench_s3 import storage_for  # noqa: E402
-from common import build_mixed_folder, ratio_row  # noqa: E402
+from common import build_mixed_folder, folder_args, paired, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import LocalResultServer  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
@@ -92,7 +88,7 @@ def w5_s3(minio: MinioServer, folder: Path, runs: int, work: Path) -> str:
     def ours() -> None:
         get_result.fn(published, dest, s3=storage, presigned=True)
 
-    a, b = paired(runs, ours, extractor(url, dest), checker(folder, dest))
+    a, b = paired(runs, ours, extractor(url, dest), cleanup=checker(folder, dest))
     return ratio_row("W5 get S3 presigned vs curl \\| tar xz", a, b, target=0.6)
 
 
@@ -110,30 +106,19 @@ def w5_local(folder: Path, runs: int, work: Path) -> str:
         get_result.fn(published, dest, local=server)
 
     with ResultServerProcess(storage, work / "serve.log", port):
-        a, b = paired(runs, ours, extractor(url, dest), checker(folder, dest))
+        a, b = paired(runs, ours, extractor(url, dest), cleanup=checker(folder, dest))
     return ratio_row("W5 get local URL vs curl \\| tar xz", a, b, target=0.6)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
-    args = parser.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
+    args = folder_args(__doc__)
     folder = build_mixed_folder(args.dir, args.size_mib)
     rows: list[str] = []
     with running_minio(args.dir) as minio, tempfile.TemporaryDirectory(prefix="w5-", dir=args.dir) as tmp:
         rows.append(w5_s3(minio, folder, args.runs, Path(tmp)))
     with tempfile.TemporaryDirectory(prefix="w5-", dir=args.dir) as tmp:
         rows.append(w5_local(folder, args.runs, Path(tmp)))
-    print(f"\n### Get, {args.size_mib} MiB, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
-    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print(row)
+    print_table(f"Get, {args.size_mib} MiB", rows)
 
 
 if __name__ == "__main__":

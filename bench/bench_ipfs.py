@@ -17,14 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, ratio_row  # noqa: E402
+from common import build_mixed_folder, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import IPFSNode  # noqa: E402
 from prefect_bacalhau_publish.kubo.unixfs import PROFILES, ImportParams  # noqa: E402
@@ -106,13 +105,8 @@ def main() -> None:
     }
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"\n### IPFS publish, {args.size_mib} MiB, profile {args.profile}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n"
-    )
-    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
-    print("|---|---|---|---|")
-    print(ratio_row("W3 IPFS publish (CID verified) vs ipfs add -r", ours, theirs, target=1.1))
+    row = ratio_row("W3 IPFS publish (CID verified) vs ipfs add -r", ours, theirs, target=1.1)
+    print_table(f"IPFS publish, {args.size_mib} MiB, profile {args.profile}", [row])
 
 
 if __name__ == "__main__":

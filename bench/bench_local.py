@@ -11,49 +11,21 @@ Nothing is served or fetched. Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, ratio_row  # noqa: E402
+from common import build_mixed_folder, folder_args, paired, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import LocalResultServer  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec  # noqa: E402
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(
-    runs: int, ours: Callable[[], Any], base: Callable[[], Any], cleanup: Callable[[], Any]
-) -> tuple[list[float], list[float]]:
-    """Run A, B, A, B, ... so drift hits both alike; one warm-up each first; `cleanup` (untimed) after each."""
-    for fn in (ours, base):
-        fn()
-        cleanup()
-    a, b = [], []
-    for _ in range(runs):
-        a.append(timed(ours))
-        cleanup()
-        b.append(timed(base))
-        cleanup()
-    return a, b
 
 
 def empty(folder: Path) -> None:
@@ -90,34 +62,21 @@ def w4(folder: Path, runs: int, work: Path) -> list[str]:
         empty(storage)
 
     rows = []
-    a, b = paired(runs, ours, tar_pigz, cleanup)
+    a, b = paired(runs, ours, tar_pigz, cleanup=cleanup)
     rows.append(ratio_row("W4b local publish vs tar cf \\| pigz -1 -p 2", a, b, target=0.6))
-    a2, c = paired(runs, ours, tar_czf, cleanup)
+    a2, c = paired(runs, ours, tar_czf, cleanup=cleanup)
     rows.append(ratio_row("W4a local publish vs tar czf", a2, c, target=0.1))
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
-    args = parser.parse_args()
+    args = folder_args(__doc__)
     if shutil.which("pigz") is None:
         raise SystemExit("pigz is needed for the W4 baseline: apt-get install pigz")
-    args.dir.mkdir(parents=True, exist_ok=True)
     folder = build_mixed_folder(args.dir, args.size_mib)
     with tempfile.TemporaryDirectory(prefix="w4-", dir=args.dir) as tmp:
         rows = w4(folder, args.runs, Path(tmp))
-    print(
-        f"\n### Local publisher, {args.size_mib} MiB, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n"
-    )
-    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print(row)
+    print_table(f"Local publisher, {args.size_mib} MiB", rows)
 
 
 if __name__ == "__main__":

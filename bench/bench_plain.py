@@ -71,13 +71,7 @@ def server_cpu(pid: int) -> float:
 
 
 def storage_for(minio: MinioServer) -> S3Storage:
-    from prefect_aws import MinIOCredentials
-
-    return S3Storage(
-        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-    )
+    return minio.storage()
 
 
 def ways(

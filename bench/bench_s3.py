@@ -22,10 +22,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, build_small_files, peak_rss_kib, ratio_row  # noqa: E402
+from common import build_mixed_folder, build_small_files, paired, peak_rss_kib, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import S3Storage  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
@@ -43,45 +41,7 @@ from prefect_bacalhau_publish.testing import MinioServer, running_minio  # noqa:
 
 
 def storage_for(minio: MinioServer) -> S3Storage:
-    from prefect_aws import MinIOCredentials
-
-    return S3Storage(
-        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-    )
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(
-    runs: int,
-    ours: Callable[[], Any],
-    base: Callable[[], Any],
-    *,
-    warmup_base: bool = True,
-    cleanup: Callable[[], Any] = lambda: None,
-) -> tuple[list[float], list[float]]:
-    """Run A, B, A, B, ... so drift hits both alike; one warm-up each first (of `base` only if `warmup_base`).
-
-    `cleanup` runs untimed after every call.
-    """
-    ours()
-    cleanup()
-    if warmup_base:
-        base()
-        cleanup()
-    a, b = [], []
-    for _ in range(runs):
-        a.append(timed(ours))
-        cleanup()
-        b.append(timed(base))
-        cleanup()
-    return a, b
+    return minio.storage()
 
 
 def emptier(client: Any, bucket: str) -> Callable[[], None]:
@@ -246,11 +206,7 @@ def main() -> None:
                 f"| W6 peak RSS gzip publish {small} MiB → {large} MiB | {rss_small:.0f} MiB → {rss_large:.0f} MiB "
                 f"| growth {growth:+.1f}% | target growth ≤ 10%, peak < 200 MiB |"
             )
-    print(f"\n### S3 workloads, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
-    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print(row)
+    print_table("S3 workloads", rows)
 
 
 if __name__ == "__main__":

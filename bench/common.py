@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import random
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 SEED = 20240601
+WORK = Path(__file__).resolve().parent / "work"
+"""Where the benchmark folders are built once and reused, and the servers keep their data."""
 _SENTENCE = (
     "the job result folder holds stdout stderr exitCode and outputs written by a container running on "
     "a bacalhau compute node which publishes them to s3 ipfs or local storage for later retrieval by "
@@ -100,3 +108,56 @@ def peak_rss_kib(argv: list[str]) -> int:
         [sys.executable, "-S", "-c", _LAUNCHER, *argv], check=True, capture_output=True, text=True
     )
     return int(done.stdout.split()[-1])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall seconds of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(
+    runs: int,
+    ours: Callable[[], Any],
+    base: Callable[[], Any],
+    *,
+    warmup_base: bool = True,
+    cleanup: Callable[[], Any] = lambda: None,
+) -> tuple[list[float], list[float]]:
+    """Run A, B, A, B, ... so drift hits both alike; one warm-up each first (of `base` only if `warmup_base`).
+
+    `cleanup` runs untimed after every call.
+    """
+    ours()
+    cleanup()
+    if warmup_base:
+        base()
+        cleanup()
+    a, b = [], []
+    for _ in range(runs):
+        a.append(timed(ours))
+        cleanup()
+        b.append(timed(base))
+        cleanup()
+    return a, b
+
+
+def print_table(title: str, rows: list[str]) -> None:
+    """The workload table every benchmark prints (rows from `ratio_row`), under a dated heading."""
+    print(f"\n### {title}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
+    print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(row)
+
+
+def folder_args(doc: str | None) -> argparse.Namespace:
+    """--size-mib (default 1024), --runs (5), --dir (bench/work, created) for a mixed-folder benchmark."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=WORK)
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    return args

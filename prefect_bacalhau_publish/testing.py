@@ -19,9 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    from .blocks import S3Storage
 
 MINIO_USER = "pbp-test-user"
 MINIO_PASSWORD = "pbp-test-password-0123456789"  # a throwaway value for throwaway local servers
@@ -141,6 +145,19 @@ class MinioServer:
         """Stop the server (its data stays in `data_dir`)."""
         if self.proc is not None:
             _stop(self.proc)
+
+    def storage(self, **settings: Any) -> S3Storage:
+        """An `S3Storage` block for this server with the root credentials (more fields in `settings`)."""
+        from prefect_aws import MinIOCredentials
+
+        from .blocks import S3Storage
+
+        credentials = MinIOCredentials(
+            minio_root_user=self.user, minio_root_password=SecretStr(self.password)
+        )
+        return S3Storage(
+            credentials=credentials, endpoint_url=self.endpoint, region_name="us-east-1", **settings
+        )
 
     def client(self) -> object:
         """A boto3 S3 client for this server, signed with the root credentials."""

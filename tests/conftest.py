@@ -77,15 +77,7 @@ def versioned_bucket(s3_client: Any) -> str:
 @pytest.fixture()
 def s3_storage(minio: MinioServer) -> Any:
     """An S3Storage block (not saved) pointing at the test MinIO through MinIOCredentials."""
-    from prefect_aws import MinIOCredentials
-
-    from prefect_bacalhau_publish.blocks import S3Storage
-
-    return S3Storage(
-        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-    )
+    return minio.storage()
 
 
 @pytest.fixture(scope="session")

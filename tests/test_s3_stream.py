@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_aws import MinIOCredentials
 
 from prefect_bacalhau_publish.blocks import S3Storage
 from prefect_bacalhau_publish.errors import PublishError, S3PublishError
@@ -24,13 +23,7 @@ MiB = 1024 * 1024
 
 
 def small_parts(minio: MinioServer) -> S3Storage:
-    return S3Storage(
-        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-        multipart_threshold=5 * MiB,
-        multipart_chunksize=5 * MiB,
-    )
+    return minio.storage(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
 
 
 def composite(body: bytes, part: int) -> str:

@@ -27,7 +27,7 @@ import time
 import weakref
 import xml.etree.ElementTree as ElementTree
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from botocore.credentials import Credentials
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["FAST_MAX_BYTES", "fast_target", "put_retrying", "upload_small_files"]
+__all__ = ["FAST_MAX_BYTES", "fast_target", "put_retrying", "run_threads", "upload_small_files"]
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
@@ -215,16 +215,7 @@ class _Batch:
         threads = [
             threading.Thread(target=self._work, name=f"pbp-s3-put-{n}", daemon=True) for n in range(workers)
         ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C while waiting: let the uploads in flight finish, then re-raise
-            self.stop.set()
-            for thread in threads:
-                thread.join()
-            raise
+        run_threads(threads, on_interrupt=self.stop.set)  # uploads in flight finish, no new ones start
 
     def _work(self) -> None:
         wire = _Wire(self.target) if self.target is not None else None
@@ -268,6 +259,21 @@ class _Batch:
         digest = hashlib.sha256(body).digest()
         path = f"/{self.bucket}/{quote(key, safe='/~')}"
         put_retrying(wire, path, body, digest, content_type, stop=self.stop, bucket=self.bucket, key=key)
+
+
+def run_threads(threads: Sequence[threading.Thread], on_interrupt: Callable[[], object]) -> None:
+    """Start the threads and wait for them all; on Ctrl-C while waiting, call `on_interrupt`, wait for
+    them again, and re-raise."""
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        on_interrupt()
+        for thread in threads:
+            thread.join()
+        raise
 
 
 def put_retrying(

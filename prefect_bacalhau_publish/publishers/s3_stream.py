@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from ..errors import S3PublishError
 from ..progress import advance
-from .s3_fast import _Target, _Wire, put_retrying
+from .s3_fast import _Target, _Wire, put_retrying, run_threads
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -260,16 +260,9 @@ class _Upload:
             )
             for n in range(workers)
         ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C while waiting: stop the producer and the workers, then re-raise
-            self._fail(KeyboardInterrupt())
-            for thread in threads:
-                thread.join()
-            raise
+        run_threads(
+            threads, on_interrupt=lambda: self._fail(KeyboardInterrupt())
+        )  # stops producer and workers
         if self.failure is not None:
             raise self.failure
 

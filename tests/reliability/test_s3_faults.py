@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_aws import MinIOCredentials
 
 from prefect_bacalhau_publish import journal
 from prefect_bacalhau_publish.blocks import S3Storage
@@ -21,14 +20,7 @@ MiB = 1024 * 1024
 
 
 def storage_for(server: MinioServer) -> S3Storage:
-    return S3Storage(
-        credentials=MinIOCredentials(minio_root_user=server.user, minio_root_password=server.password),
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        multipart_threshold=5 * MiB,
-        multipart_chunksize=5 * MiB,
-        max_concurrency=2,
-    )
+    return server.storage(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2)
 
 
 def test_minio_killed_mid_multipart_publish(tmp_path: Path) -> None:
