@@ -1,5 +1,7 @@
 """`make bench`: run every benchmark in bench/ and write bench/results/<date>.md (loopback only, bounded).
 
+With --full the file is <date>-full.md.
+
 Each script compares, in the same run, against the tool a user would otherwise script and prints Markdown
 tables; this collects every workload row ("| W…") into one summary table at the top of the file and on
 stdout, followed by each script's own tables (and profile_w2.py's account of where W2's time goes:
@@ -102,14 +104,14 @@ def main() -> int:
     runs = plan(args.full, args.size_mib, args.files)
     if args.work_dir:
         runs = [run + (["--dir", args.work_dir] if run[0] != "bench_server.py" else []) for run in runs]
-    suffix = ""
+    suffix = "-full" if args.full else ""  # a default run never overwrites the day's full one
     if args.only:
         wanted = [name if name.endswith(".py") else f"{name}.py" for name in args.only.split(",") if name]
         unknown = sorted(set(wanted) - {script for script, *_ in runs})
         if unknown:
             parser.error(f"unknown scripts {unknown}; choose from {[script for script, *_ in runs]}")
         runs = [run for run in runs if run[0] in wanted]
-        suffix = "-" + "-".join(name.removesuffix(".py") for name in wanted)
+        suffix += "-" + "-".join(name.removesuffix(".py") for name in wanted)
     mode = "full sizes" if args.full else "default sizes"
     if smoke:
         mode = f"smoke run: --size-mib {args.size_mib} --files {args.files}"
