@@ -14,6 +14,11 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def composite(digests: list[bytes]) -> str:
+    """S3's multipart checksum form: the base64 SHA-256 of the parts' SHA-256 digests, then `-N`."""
+    return f"{b64(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
+
+
 def is_composite(checksum: str) -> bool:
     """True for S3's multipart form `<base64>-<parts>`."""
     head, dash, parts = checksum.rpartition("-")
@@ -52,8 +57,7 @@ class PartHasher:
             if self._whole is None:
                 raise ValueError("this hasher was made without the whole-stream hash")
             return b64(self._whole.digest())
-        digests = self._digests + ([self._part.digest()] if self._fill else [])
-        return f"{b64(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
+        return composite(self._digests + ([self._part.digest()] if self._fill else []))
 
 
 def part_size_candidates(total: int, parts: int) -> list[int]:

@@ -166,9 +166,13 @@ def _upload_plain(
         multipart_chunksize=storage.multipart_chunksize,
         max_concurrency=4,
     )
-    keyed = [(path, prefix + path.relative_to(result_dir).as_posix()) for path in files]
-    small = [(path, key) for path, key in keyed if path.stat().st_size < storage.multipart_threshold]
-    large = [(path, key) for path, key in keyed if path.stat().st_size >= storage.multipart_threshold]
+    small: list[tuple[Path, str]] = []
+    large: list[tuple[Path, str]] = []
+    for path in files:
+        size = path.stat().st_size
+        (small if size < storage.multipart_threshold else large).append(
+            (path, prefix + path.relative_to(result_dir).as_posix())
+        )
     done: list[str] = []
     lock = threading.Lock()
 

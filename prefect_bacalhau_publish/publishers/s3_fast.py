@@ -13,7 +13,6 @@ workers call the boto3 client instead. Failures carry the same `explain` message
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -45,6 +44,7 @@ from botocore.exceptions import (
 from botocore.utils import get_environ_proxies
 
 from ..blocks import S3Storage
+from ..checksums import b64
 from ..errors import S3PublishError
 from ..progress import advance
 from ..s3errors import explain, is_transient
@@ -315,7 +315,7 @@ def put_retrying(
 def _check_echo(response: _Response, digest: bytes, bucket: str, key: str) -> None:
     """S3 echoes the checksum it stored; a store that ignores checksums echoes nothing."""
     stored = response.headers.get("x-amz-checksum-sha256")
-    expected = base64.b64encode(digest).decode()
+    expected = b64(digest)
     if stored is not None and stored != expected:
         raise S3PublishError(
             f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored} but the file uploaded has "
@@ -384,7 +384,7 @@ class _Signer:
         signed = [("content-type", content_type)] if content_type is not None else []
         signed += [
             ("host", host),
-            ("x-amz-checksum-sha256", base64.b64encode(digest).decode()),
+            ("x-amz-checksum-sha256", b64(digest)),
             ("x-amz-content-sha256", payload_hash),
             ("x-amz-date", amz_date),
         ]

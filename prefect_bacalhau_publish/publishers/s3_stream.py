@@ -10,7 +10,6 @@ the endpoint allows it, else through boto3's `upload_part`.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import hashlib
 import mmap
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from ..checksums import b64, composite
 from ..errors import S3PublishError
 from ..progress import advance
 from .s3_fast import _Target, _Wire, put_retrying, run_threads
@@ -58,10 +58,6 @@ def _give_back_free_memory() -> None:
 
 class StreamAborted(Exception):
     """Raised inside the producer when the upload gave up: nothing more will be read."""
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
 
 
 class PartSink:
@@ -198,7 +194,7 @@ def upload_stream(
         with memoryview(buffer) as whole:
             body = bytes(whole[:length])
         sink.release(buffer)
-        checksum = _b64(hashlib.sha256(body).digest())
+        checksum = b64(hashlib.sha256(body).digest())
         put = client.put_object(
             Bucket=bucket, Key=key, Body=body, ChecksumSHA256=checksum, ContentType=content_type
         )
@@ -208,18 +204,15 @@ def upload_stream(
     )
     upload = _Upload(client, target, bucket, key, created["UploadId"], sink)
     upload.run(first, max(1, in_flight))
-    parts = [
-        {"PartNumber": n, "ETag": etag, "ChecksumSHA256": _b64(digest)}
-        for n, (etag, digest) in sorted(upload.parts.items())
-    ]
+    done = sorted(upload.parts.items())
+    parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": b64(digest)} for n, (etag, digest) in done]
     client.complete_multipart_upload(
         Bucket=bucket,
         Key=key,
         UploadId=created["UploadId"],
         MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
     )
-    digests = b"".join(digest for _, (_, digest) in sorted(upload.parts.items()))
-    expected = f"{_b64(hashlib.sha256(digests).digest())}-{len(parts)}"
+    expected = composite([digest for _, (_, digest) in done])
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     return _verified(bucket, key, head.get("ChecksumSHA256", ""), expected, head.get("VersionId"))
 
@@ -260,11 +253,13 @@ class _Upload:
             )
             for n in range(workers)
         ]
-        run_threads(
-            threads, on_interrupt=lambda: self._fail(KeyboardInterrupt())
-        )  # stops producer and workers
+        run_threads(threads, on_interrupt=self._interrupted)
         if self.failure is not None:
             raise self.failure
+
+    def _interrupted(self) -> None:
+        """Ctrl-C while waiting: stop the producer and the workers."""
+        self._fail(KeyboardInterrupt())
 
     def _fail(self, error: BaseException) -> None:
         with self.lock:
@@ -329,6 +324,6 @@ class _Upload:
             UploadId=self.upload_id,
             PartNumber=number,
             Body=bytes(body),
-            ChecksumSHA256=_b64(digest),
+            ChecksumSHA256=b64(digest),
         )
         return str(response["ETag"])
