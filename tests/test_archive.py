@@ -34,6 +34,8 @@ from prefect_bacalhau_publish.archive import (
 )
 from prefect_bacalhau_publish.errors import FetchError, PublishError, UnsafeArchiveError
 
+from .tarkit import member, tar_gz
+
 COMPRESSORS: list[archive.Compressor] = ["zlib", "isal"] if HAVE_ISAL else ["zlib"]
 LONG_NAME = "deep/" + "n" * 120 + ".txt"  # > 100 characters: needs a PAX header
 
@@ -83,27 +85,6 @@ def archive_bytes(src: Path, **kwargs: Any) -> bytes:
     out = io.BytesIO()
     write_archive(src, out, **kwargs)
     return out.getvalue()
-
-
-Member = tuple[tarfile.TarInfo, bytes]
-
-
-def member(name: str, data: bytes = b"", type: bytes = tarfile.REGTYPE, **attrs: Any) -> Member:
-    info = tarfile.TarInfo(name)
-    info.type = type
-    info.size = len(data) if type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info, data
-
-
-def tar_gz(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    """A tar.gz holding exactly ``members`` (no checks: this is how hostile archives are made)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
 
 
 class ZeroReader(io.RawIOBase):
@@ -494,10 +475,10 @@ def test_gnu_tar_archives_extract(sample: Path, tmp_path: Path, area: Path) -> N
 
 def test_extract_normalises_modes(area: Path) -> None:
     data = tar_gz(
-        member("dir", type=tarfile.DIRTYPE, mode=0o700),
+        member("dir", kind=tarfile.DIRTYPE, mode=0o700),
         member("dir/setuid", b"x", mode=0o4777),
         member("private", b"p", mode=0o600),
-        member("sticky-dir", type=tarfile.DIRTYPE, mode=0o1777),
+        member("sticky-dir", kind=tarfile.DIRTYPE, mode=0o1777),
     )
     extract_archive(io.BytesIO(data), area / "d")
     modes = {p: stat.S_IMODE(os.lstat(area / "d" / p).st_mode) for p in snapshot(area / "d")}
@@ -505,13 +486,13 @@ def test_extract_normalises_modes(area: Path) -> None:
 
 
 def test_extract_implied_folders_and_listed_folder_after_its_files(area: Path) -> None:
-    data = tar_gz(member("./a/b/c.txt", b"c"), member("a/b", type=tarfile.DIRTYPE), member("./", type=b"5"))
+    data = tar_gz(member("./a/b/c.txt", b"c"), member("a/b", kind=tarfile.DIRTYPE), member("./", kind=b"5"))
     extract_archive(io.BytesIO(data), area / "d")
     assert snapshot(area / "d") == {"a": ("dir",), "a/b": ("dir",), "a/b/c.txt": ("file", b"c", False)}
 
 
 def test_hard_link_to_an_earlier_file_extracts(area: Path) -> None:
-    data = tar_gz(member("a", b"data"), member("sub/b", type=tarfile.LNKTYPE, linkname="a"))
+    data = tar_gz(member("a", b"data"), member("sub/b", kind=tarfile.LNKTYPE, linkname="a"))
     extract_archive(io.BytesIO(data), area / "d")
     assert (area / "d/sub/b").read_bytes() == b"data"
     assert os.stat(area / "d/sub/b").st_ino == os.stat(area / "d/a").st_ino
@@ -641,31 +622,31 @@ HOSTILE: dict[str, tuple[Callable[[Path], bytes], type[Exception], str]] = {
     ),
     "empty name": (lambda out: tar_gz(member("./", b"evil")), UnsafeArchiveError, "name is empty"),
     "absolute symlink": (
-        lambda out: tar_gz(member("l", type=tarfile.SYMTYPE, linkname="/etc/passwd")),
+        lambda out: tar_gz(member("l", kind=tarfile.SYMTYPE, linkname="/etc/passwd")),
         UnsafeArchiveError,
         "'l'.*absolute path '/etc/passwd'",
     ),
     "relative symlink escape": (
-        lambda out: tar_gz(member("a/l", type=tarfile.SYMTYPE, linkname="../../x")),
+        lambda out: tar_gz(member("a/l", kind=tarfile.SYMTYPE, linkname="../../x")),
         UnsafeArchiveError,
         "'a/l'.*outside",
     ),
     "symlink to outside then write through it": (
         lambda out: tar_gz(
-            member("link", type=tarfile.SYMTYPE, linkname=str(out)), member("link/f", b"evil")
+            member("link", kind=tarfile.SYMTYPE, linkname=str(out)), member("link/f", b"evil")
         ),
         UnsafeArchiveError,
         "'link'.*absolute path",
     ),
     "symlink to parent then write through it": (
-        lambda out: tar_gz(member("link", type=tarfile.SYMTYPE, linkname=".."), member("link/f", b"evil")),
+        lambda out: tar_gz(member("link", kind=tarfile.SYMTYPE, linkname=".."), member("link/f", b"evil")),
         UnsafeArchiveError,
         "'link'.*outside",
     ),
     "write through an inside symlink": (
         lambda out: tar_gz(
-            member("sub", type=tarfile.DIRTYPE),
-            member("link", type=tarfile.SYMTYPE, linkname="sub"),
+            member("sub", kind=tarfile.DIRTYPE),
+            member("link", kind=tarfile.SYMTYPE, linkname="sub"),
             member("link/f", b"x"),
         ),
         UnsafeArchiveError,
@@ -673,30 +654,30 @@ HOSTILE: dict[str, tuple[Callable[[Path], bytes], type[Exception], str]] = {
     ),
     "symlink escaping via a later symlink": (
         lambda out: tar_gz(
-            member("a/b/x", type=tarfile.SYMTYPE, linkname="s/../y"),
-            member("a/b/s", type=tarfile.SYMTYPE, linkname="../.."),
+            member("a/b/x", kind=tarfile.SYMTYPE, linkname="s/../y"),
+            member("a/b/s", kind=tarfile.SYMTYPE, linkname="../.."),
         ),
         UnsafeArchiveError,
         "'a/b/x'.*outside",
     ),
     "hard link escape": (
-        lambda out: tar_gz(member("h", type=tarfile.LNKTYPE, linkname="../outside")),
+        lambda out: tar_gz(member("h", kind=tarfile.LNKTYPE, linkname="../outside")),
         UnsafeArchiveError,
         "'h'.*hard link target.*'\\.\\.'",
     ),
     "absolute hard link": (
-        lambda out: tar_gz(member("h", type=tarfile.LNKTYPE, linkname="/etc/passwd")),
+        lambda out: tar_gz(member("h", kind=tarfile.LNKTYPE, linkname="/etc/passwd")),
         UnsafeArchiveError,
         "'h'.*absolute hard link target",
     ),
     "hard link to a missing member": (
-        lambda out: tar_gz(member("h", type=tarfile.LNKTYPE, linkname="later"), member("later", b"x")),
+        lambda out: tar_gz(member("h", kind=tarfile.LNKTYPE, linkname="later"), member("later", b"x")),
         UnsafeArchiveError,
         "'h'.*not an earlier file",
     ),
     "hard link to a symlink": (
         lambda out: tar_gz(
-            member("s", type=tarfile.SYMTYPE, linkname="x"), member("h", type=tarfile.LNKTYPE, linkname="s")
+            member("s", kind=tarfile.SYMTYPE, linkname="x"), member("h", kind=tarfile.LNKTYPE, linkname="s")
         ),
         UnsafeArchiveError,
         "'h'.*not an earlier file",
@@ -717,23 +698,23 @@ HOSTILE: dict[str, tuple[Callable[[Path], bytes], type[Exception], str]] = {
         "'s'.*sparse",
     ),
     "character device": (
-        lambda out: tar_gz(member("null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
+        lambda out: tar_gz(member("null", kind=tarfile.CHRTYPE, devmajor=1, devminor=3)),
         UnsafeArchiveError,
         "'null'.*character device",
     ),
     "block device": (
-        lambda out: tar_gz(member("sda", type=tarfile.BLKTYPE, devmajor=8, devminor=0)),
+        lambda out: tar_gz(member("sda", kind=tarfile.BLKTYPE, devmajor=8, devminor=0)),
         UnsafeArchiveError,
         "'sda'.*block device",
     ),
-    "fifo": (lambda out: tar_gz(member("p", type=tarfile.FIFOTYPE)), UnsafeArchiveError, "'p'.*FIFO"),
+    "fifo": (lambda out: tar_gz(member("p", kind=tarfile.FIFOTYPE)), UnsafeArchiveError, "'p'.*FIFO"),
     "duplicate file": (
         lambda out: tar_gz(member("a", b"1"), member("a", b"2")),
         UnsafeArchiveError,
         "'a'.*duplicate",
     ),
     "duplicate folder": (
-        lambda out: tar_gz(member("d", type=tarfile.DIRTYPE), member("d/", type=tarfile.DIRTYPE)),
+        lambda out: tar_gz(member("d", kind=tarfile.DIRTYPE), member("d/", kind=tarfile.DIRTYPE)),
         UnsafeArchiveError,
         "'d'.*duplicate",
     ),

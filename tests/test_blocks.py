@@ -267,11 +267,7 @@ def test_secrets_are_secretstr_and_masked_before_saving() -> None:
 @pytest.mark.usefixtures("prefect_server")
 def test_loaded_s3_storage_pickles_for_dask(minio: MinioServer) -> None:
     name = _unique("s3-pickle")
-    S3Storage(
-        credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-    ).save(name)
+    minio.storage().save(name)
     loaded = load(S3Storage, name)
     loaded.get_client().list_buckets()  # a client built (and cached) before pickling
     for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
@@ -297,11 +293,7 @@ def _example_code(block: type[Block]) -> str:
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.__name__)
 def test_docstring_example_runs_when_pasted(block: type[Block], minio: MinioServer, tmp_path: Path) -> None:
     instances: dict[type[Block], Block] = {
-        S3Storage: S3Storage(
-            credentials=MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password),
-            endpoint_url=minio.endpoint,
-            region_name="us-east-1",
-        ),
+        S3Storage: minio.storage(),
         IPFSNode: IPFSNode(api_address="/ip4/127.0.0.1/tcp/5999"),
         LocalResultServer: LocalResultServer(storage_dir=tmp_path, port=6124),
     }

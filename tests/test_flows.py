@@ -13,7 +13,6 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect_aws import MinIOCredentials
 
 from prefect_bacalhau_publish import (
     PublishedResult,
@@ -35,8 +34,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 @pytest.fixture()
 def saved_s3_block(minio: MinioServer) -> str:
     name = f"s3-{uuid.uuid4().hex[:10]}"
-    creds = MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password)
-    S3Storage(credentials=creds, endpoint_url=minio.endpoint, region_name="us-east-1").save(name)
+    minio.storage().save(name)
     return name
 
 

@@ -16,7 +16,6 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect_aws import MinIOCredentials
 from prefect_dask import DaskTaskRunner
 
 from prefect_bacalhau_publish import PublishedResult, S3Storage, get_result
@@ -56,8 +55,7 @@ def dask_runner() -> DaskTaskRunner:
 @pytest.fixture()
 def s3_block(minio: MinioServer) -> str:
     name = f"s3-scale-{uuid.uuid4().hex[:10]}"
-    creds = MinIOCredentials(minio_root_user=minio.user, minio_root_password=minio.password)
-    S3Storage(credentials=creds, endpoint_url=minio.endpoint, region_name="us-east-1").save(name)
+    minio.storage().save(name)
     return name
 
 

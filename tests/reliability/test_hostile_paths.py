@@ -49,6 +49,8 @@ from prefect_bacalhau_publish.specs import PublishedResult
 from prefect_bacalhau_publish.tasks import fetch_inputs, get_result
 from prefect_bacalhau_publish.testing import MinioServer
 
+from ..tarkit import member, tar_bytes, tar_gz
+
 MiB = 1 << 20
 GiB = 1 << 30
 # extract_archive's default max_bytes (100 GiB): the only cap the end-to-end paths can use
@@ -56,31 +58,6 @@ DEFAULT_CAP: int = inspect.signature(extract_archive).parameters["max_bytes"].de
 SENTINEL = b"the sentinel outside the destination must never change\n"
 
 # ------------------------------------------------------------------------------------------ builders
-
-Member = tuple[tarfile.TarInfo, bytes]
-
-
-def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **attrs: Any) -> Member:
-    """One tar member, exactly as given (no safety checks: this is how hostile archives are made)."""
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
-    info.mode = 0o644
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info, data
-
-
-def tar_bytes(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return raw.getvalue()
-
-
-def tar_gz(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    return gzip.compress(tar_bytes(*members, fmt=fmt), compresslevel=1, mtime=0)
 
 
 def declared_size_bomb(declared: int) -> bytes:
