@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 
 MiB = 1024 * 1024
 
@@ -97,12 +96,3 @@ class ChecksumVerifier:
         if self._whole is not None:
             return b64(self._whole.digest()) == self.checksum
         return any(hasher.checksum(True) == self.checksum for hasher in self._hashers)
-
-
-def file_matches(path: Path, checksum: str) -> bool:
-    """True when the file's bytes have S3 checksum `checksum`, in either form (composite: any SDK part size)."""
-    verifier = ChecksumVerifier(checksum, path.stat().st_size)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(MiB):
-            verifier.update(chunk)
-    return verifier.matches()
