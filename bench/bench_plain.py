@@ -1,14 +1,13 @@
 """W2 close up: upload many small files to a local MinIO in three ways, in the same run, alternating.
 
   loop  boto3 put_object in a loop, no checksum (W2's baseline, as bench_s3.py times it)
-  pool  a ThreadPoolExecutor(max_concurrency) of boto3 put_object with a SHA-256 checksum (s3.py today)
-  fast  s3_fast.upload_small_files: own SigV4 signing on kept-alive HTTP/1.1 connections, same checksum
+  pool  a ThreadPoolExecutor(max_concurrency) of boto3 put_object with a SHA-256 checksum (boto3 alone)
+  obstore  s3_plain.upload_files: obstore PUTs from max_concurrency threads, same checksum (the package)
   publish  (with --publish) the whole plain publish of the folder through publish_to, walk included
 
 Each size gets one small warm-up per way, then rounds of every way in rotating order. Every upload
 uses a fresh key prefix. Reported: median wall time, CPU ms per file of this process (user+sys) and of
 MinIO, and the median of the per-round ratios against the loop (W2's target is ≤ 0.2).
-Also times one SigV4 signature, ours against botocore's S3SigV4Auth, after checking the two agree.
 
     .venv/bin/python bench/bench_plain.py --files 1000,10000 --runs 5
     .venv/bin/python bench/bench_plain.py --files 50000 --runs 3 --budget-s 1200
@@ -19,12 +18,10 @@ Loopback only: MinIO is started here on 127.0.0.1 from the test-server cache.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import resource
 import statistics
 import sys
-import timeit
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import build_small_files  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import S3Storage  # noqa: E402
-from prefect_bacalhau_publish.publishers.s3_fast import _Signer, upload_small_files  # noqa: E402
+from prefect_bacalhau_publish.publishers.s3_plain import upload_files  # noqa: E402
 from prefect_bacalhau_publish.testing import MinioServer, running_minio  # noqa: E402
 
 TARGET = 0.2
@@ -102,10 +99,11 @@ def ways(
             for future in [executor.submit(put, item) for item in items]:
                 future.result()
 
-    def fast(items: list[tuple[Path, str]]) -> None:
-        done = upload_small_files(storage, None, None, bucket, items, concurrency=storage.max_concurrency)
+    def obstore(items: list[tuple[Path, str]]) -> None:
+        done: list[str] = []
+        upload_files(storage, pool_client, bucket, items, endpoint=None, region=None, done=done)
         if len(done) != len(items):
-            raise SystemExit(f"fast uploaded {len(done)} of {len(items)} files")
+            raise SystemExit(f"obstore uploaded {len(done)} of {len(items)} files")
 
     def publish_plain(items: list[tuple[Path, str]]) -> None:
         from prefect_bacalhau_publish.publishers import publish_to
@@ -117,7 +115,7 @@ def ways(
         )
         publish_to(root, spec, ExecutionContext.new(), s3=storage)
 
-    found: dict[str, Callable[[list[tuple[Path, str]]], None]] = {"loop": loop, "pool": pool, "fast": fast}
+    found: dict[str, Callable[[list[tuple[Path, str]]], None]] = {"loop": loop, "pool": pool, "obstore": obstore}
     if publish:
         found["publish"] = publish_plain
     return found
@@ -179,47 +177,6 @@ def rows(count: int, results: dict[str, Runs]) -> list[str]:
     return out
 
 
-def signer_row() -> str:
-    """µs per signature, ours vs botocore's S3SigV4Auth, after checking they agree."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-    body = os.urandom(4096)
-    digest = hashlib.sha256(body).digest()
-    path, host, ctype = "/bucket/w2/outputs/d000/f000001.bin", "127.0.0.1:9000", "application/octet-stream"
-    ours = _Signer(credentials, "us-east-1")
-    amz_date = "20240601T120000Z"
-    signed = dict(ours.headers(path, host, ctype, digest, amz_date))
-
-    def theirs() -> AWSRequest:
-        request = AWSRequest(
-            method="PUT",
-            url=f"http://{host}{path}",
-            data=body,
-            headers={"Content-Type": ctype, "x-amz-checksum-sha256": signed["x-amz-checksum-sha256"]},
-        )
-        S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
-        return request
-
-    auth = S3SigV4Auth(credentials, "s3", "us-east-1")
-    request = AWSRequest(
-        method="PUT",
-        url=f"http://{host}{path}",
-        data=body,
-        headers={k: v for k, v in signed.items() if k not in ("authorization", "host")},
-    )
-    request.context["timestamp"] = amz_date
-    expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
-    if not signed["authorization"].endswith(f"Signature={expected}"):
-        raise SystemExit("our SigV4 signature differs from botocore's")
-    n = 5000
-    ours_us = timeit.timeit(lambda: ours.headers(path, host, ctype, digest), number=n) / n * 1e6
-    theirs_us = timeit.timeit(theirs, number=n // 5) / (n // 5) * 1e6
-    return f"SigV4 signature of one PUT: ours {ours_us:.1f} µs, botocore S3SigV4Auth {theirs_us:.1f} µs (identical)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,7 +203,6 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in table:
         print(row)
-    print(f"\n{signer_row()}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import socket
 import threading
@@ -11,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
-from prefect_aws import AwsCredentials, MinIOCredentials
+from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["IPFSNode", "LocalResultServer", "S3Storage"]
+__all__ = ["IPFSNode", "LocalResultServer", "S3Storage", "S3Target"]
 
 _DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish#readme"
 _LOGO = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"
@@ -105,15 +106,37 @@ class S3Storage(Block):
         state["__pydantic_private__"] = {"_clients": {}}
         return state
 
-    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
+    def _session(self) -> Any:
         import boto3
+
+        return self.credentials.get_boto3_session() if self.credentials is not None else boto3.Session()
+
+    def _client_parameters(self) -> dict[str, Any]:
+        """The credentials block's `aws_client_parameters` as boto3 client arguments (verify, use_ssl, ...)."""
+        if self.credentials is None:
+            return {}
+        params: dict[str, Any] = self.credentials.aws_client_parameters.get_params_override()
+        return params
+
+    def tls_verify(self) -> bool | str:
+        """How https endpoints are verified: True (system CAs), False, or a CA bundle's path."""
+        verify = self._client_parameters().get("verify", True)
+        return verify if isinstance(verify, bool) else str(verify)
+
+    def resolve(self, endpoint: str | None = None, region: str | None = None) -> tuple[str | None, str]:
+        """The endpoint URL (None: AWS) and region used for a spec's `Endpoint`/`Region` overrides."""
+        endpoint = endpoint or self.endpoint_url or self._client_parameters().get("endpoint_url")
+        credentials_region = getattr(self.credentials, "region_name", None)
+        region = region or self.region_name or credentials_region or self._session().region_name
+        return endpoint, region or "us-east-1"
+
+    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
         from botocore.config import Config
 
-        session = self.credentials.get_boto3_session() if self.credentials is not None else boto3.Session()
-        endpoint = endpoint or self.endpoint_url
-        if endpoint is None and self.credentials is not None:
-            endpoint = self.credentials.aws_client_parameters.endpoint_url
-        region = region or self.region_name or session.region_name or "us-east-1"
+        params = self._client_parameters()
+        params.pop("endpoint_url", None)
+        user_config = params.pop("config", None)
+        endpoint, region = self.resolve(endpoint, region)
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=max(10, self.max_concurrency * 2),
@@ -122,8 +145,76 @@ class S3Storage(Block):
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if endpoint else None,
         )
-        client: S3Client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        if user_config is not None:
+            config = config.merge(user_config)
+        client: S3Client = self._session().client(
+            "s3", endpoint_url=endpoint, region_name=region, config=config, **params
+        )
+        for operation in ("PutObject", "UploadPart"):
+            client.meta.events.register(f"before-sign.s3.{operation}", _payload_hash_from_checksum)
         return client
+
+    def get_store(self, bucket: str, endpoint: str | None = None, region: str | None = None) -> Any:
+        """An obstore `S3Store` for `bucket` with the same credentials, endpoint, region and TLS settings as
+        `get_client`; it asks S3 to verify a SHA-256 checksum of every object and part it uploads."""
+        from obstore.auth.boto3 import Boto3CredentialProvider
+        from obstore.store import S3Store
+
+        endpoint, region = self.resolve(endpoint, region)
+        options: dict[str, Any] = {"connect_timeout": "10s", "timeout": "300s"}
+        if endpoint is not None and endpoint.startswith("http://"):
+            options["allow_http"] = True
+        verify = self.tls_verify()
+        if verify is False:
+            options["allow_invalid_certificates"] = True
+        elif isinstance(verify, str):
+            options["root_certificate"] = Path(verify).read_bytes()
+        config: dict[str, Any] = {"region": region, "checksum_algorithm": "SHA256"}
+        if endpoint is not None:
+            config.update(endpoint=endpoint, virtual_hosted_style_request=False)
+        session = self._session()
+        if session.get_credentials() is None:
+            # boto3's chain found nothing: say so as boto3 does, rather than let obstore's own chain try
+            # the instance metadata service.
+            from botocore.exceptions import NoCredentialsError
+
+            raise NoCredentialsError()
+        provider = Boto3CredentialProvider(session)
+        return S3Store(
+            bucket,
+            config=config,  # type: ignore[arg-type]
+            client_options=options,  # type: ignore[arg-type]
+            retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+            credential_provider=provider,
+        )
+
+    @classmethod
+    def coerce(cls, value: S3Storage | S3Bucket | AwsCredentials | MinIOCredentials | None) -> S3Storage:
+        """An `S3Storage` from any block a prefect-aws user already has: an `S3Bucket` (its credentials and
+        their endpoint), bare `AwsCredentials` / `MinIOCredentials`, or None (the AWS default chain)."""
+        if value is None:
+            return cls()
+        if isinstance(value, S3Storage):
+            return value
+        if isinstance(value, S3Bucket):
+            value = value.credentials
+        if isinstance(value, (AwsCredentials, MinIOCredentials)):
+            return cls(credentials=value, region_name=getattr(value, "region_name", None))
+        raise TypeError(
+            f"expected an S3Storage, S3Bucket, AwsCredentials or MinIOCredentials block, got {type(value).__name__}"
+        )
+
+
+S3Target = S3Storage | S3Bucket | AwsCredentials | MinIOCredentials
+"""What every `s3=` parameter takes: an `S3Storage`, or a prefect-aws block it is made from (`coerce`)."""
+
+
+def _payload_hash_from_checksum(request: Any, **_: Any) -> None:
+    """Sign a PUT with the SHA-256 it already carries as `x-amz-checksum-sha256` instead of hashing the
+    body once more (botocore hashes every body sent over plain http): the same digest, one pass."""
+    checksum = request.headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in request.headers:
+        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
 
 
 class IPFSNode(Block):

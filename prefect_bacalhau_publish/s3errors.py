@@ -1,6 +1,10 @@
-"""Turn boto3/botocore failures into one-line messages that say what failed and what to do."""
+"""Turn boto3/botocore and obstore failures into one-line messages that say what failed and what to do."""
 
 from __future__ import annotations
+
+import logging
+import re
+from typing import TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -9,7 +13,11 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
     ReadTimeoutError,
+    SSLError,
 )
+
+logger = logging.getLogger("prefect_bacalhau_publish.s3")
+E = TypeVar("E", bound=Exception)
 
 _DENIED = {
     "AccessDenied",
@@ -33,19 +41,82 @@ _TRANSIENT = {
 }
 
 
+def _obstore_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from obstore.exceptions import BaseError
+    except ImportError:  # pragma: no cover - obstore is a dependency
+        return ()
+    return (BaseError,)
+
+
+class StoreNotFound(Exception):
+    """obstore's 404 for a request (it raises the builtin FileNotFoundError, which a local file also may)."""
+
+
+OBSTORE_ERRORS = (*_obstore_errors(), StoreNotFound)
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, *OBSTORE_ERRORS)
+"""What the S3 clients raise for a failed request: the publisher turns each into one S3PublishError."""
+
+_CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
+
+
+def _is_obstore(exc: BaseException) -> bool:
+    return isinstance(exc, OBSTORE_ERRORS)
+
+
 def error_code(exc: BaseException) -> str:
-    """The S3 error code of a ClientError (`NoSuchBucket`, `403`, ...), else ''."""
+    """The S3 error code of a failed request (`NoSuchBucket`, `403`, ...), else ''."""
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
+    if _is_obstore(exc):
+        found = _CODE.search(str(exc))
+        return found.group(1) if found else ""
     return ""
+
+
+def is_denied(exc: BaseException) -> bool:
+    """True for a 403: the credentials are wrong, or lack the permission the request needs."""
+    return error_code(exc) in _DENIED
+
+
+def _untrusted_certificate(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, SSLError) or (
+        _is_obstore(exc) and ("InvalidCertificate" in text or "UnknownIssuer" in text)
+    )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, EndpointConnectionError):
+        return True
+    text = str(exc)
+    return (
+        _is_obstore(exc)
+        and not error_code(exc)
+        and ("kind: Connect" in text or "error sending request" in text)
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures worth retrying (throttling, 5xx, dropped connections); never for 403/404."""
+    marked = getattr(exc, "transient", None)
+    if marked is not None:
+        return bool(marked)
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     if isinstance(cause, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
         return True
-    return error_code(cause) in _TRANSIENT
+    return _unreachable(cause) or error_code(cause) in _TRANSIENT
+
+
+def wrapped(
+    error: type[E], exc: BaseException, *, action: str, bucket: str, key: str | None, endpoint: str | None
+) -> E:
+    """`error(explain(...))` for a client failure, to be raised `from None`: one line in a run's log, with
+    the library's traceback at debug level and whether a retry may help kept on the error."""
+    logger.debug("%s s3://%s/%s failed", action, bucket, key or "", exc_info=exc)
+    made = error(explain(exc, action=action, bucket=bucket, key=key, endpoint=endpoint))
+    made.transient = is_transient(exc)  # type: ignore[attr-defined]
+    return made
 
 
 def explain(
@@ -59,7 +130,12 @@ def explain(
         hint = (
             "no S3 credentials found: set a credentials block on S3Storage or the AWS_* environment variables"
         )
-    elif isinstance(exc, EndpointConnectionError):
+    elif _untrusted_certificate(exc):
+        hint = (
+            f"the TLS certificate of the S3 endpoint{at} is not trusted: give the CA bundle as "
+            "verify_cert_path in the credentials block's aws_client_parameters"
+        )
+    elif _unreachable(exc):
         hint = f"cannot reach the S3 endpoint{at}: check Endpoint and that the server is running"
     elif code == "NoSuchBucket":
         hint = f"bucket {bucket!r} does not exist{at}: create it or fix Bucket"
@@ -72,6 +148,8 @@ def explain(
     elif code:
         message = exc.response.get("Error", {}).get("Message", "") if isinstance(exc, ClientError) else ""
         hint = f"{code}: {message}".rstrip(": ")
+    elif _is_obstore(exc):
+        hint = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     elif isinstance(exc, BotoCoreError):
         hint = f"{type(exc).__name__}: {exc}"
     else:

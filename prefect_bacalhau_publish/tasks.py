@@ -14,7 +14,7 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
 from .artifacts import artifact_key, load_artifact_result, record_result
-from .blocks import IPFSNode, LocalResultServer, S3Storage
+from .blocks import IPFSNode, LocalResultServer, S3Storage, S3Target
 from .errors import FetchError, PublishError
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all
 from .publishers import publish_to
@@ -63,18 +63,18 @@ def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec
     return PublisherSpec.model_validate(spec)
 
 
-def _presign(result: PublishedResult, s3: S3Storage | None) -> str | None:
+def _presign(result: PublishedResult, s3: S3Target | None) -> str | None:
     params = result.params
     if not isinstance(params, S3Params) or params.is_prefix:
         return None
-    return presign(params, s3 if s3 is not None else S3Storage()).pre_signed_url
+    return presign(params, S3Storage.coerce(s3)).pre_signed_url
 
 
 def record_published(
     result: PublishedResult,
     context: ExecutionContext,
     *,
-    s3: S3Storage | None = None,
+    s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     title: str | None = None,
 ) -> str | None:
@@ -108,7 +108,7 @@ def publish_result(
     spec: PublisherSpec | Mapping[str, Any] | str,
     *,
     context: ExecutionContext | None = None,
-    s3: S3Storage | None = None,
+    s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
 ) -> PublishedResult:
@@ -143,7 +143,7 @@ def fetch_inputs(
     inputs: Sequence[InputSource],
     root: Path | str,
     *,
-    s3: S3Storage | None = None,
+    s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
 ) -> dict[str, Path]:
@@ -179,7 +179,7 @@ def get_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
     dest: Path | str,
     *,
-    s3: S3Storage | None = None,
+    s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
     presigned: bool = False,
@@ -192,7 +192,7 @@ def get_result(
     spec = resolve_result(result)
     dest = Path(dest)
     if presigned and isinstance(spec.params, S3Params) and spec.archived:
-        signed = presign(spec.params, s3 if s3 is not None else S3Storage())
+        signed = presign(spec.params, S3Storage.coerce(s3))
         spec = PublishedResult.model_validate({"Type": "s3PreSigned", "Params": signed})
     source = spec.to_input_source("/result").source
     with tempfile.TemporaryDirectory(prefix=".pbp-get-", dir=_parent(dest)) as tmp:
@@ -228,7 +228,7 @@ def run_job(
     timeout: float | None = None,
     job_id: str | None = None,
     node_id: str | None = None,
-    s3: S3Storage | None = None,
+    s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
     fail_on_nonzero: bool = False,

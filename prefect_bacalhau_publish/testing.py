@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -68,10 +69,15 @@ def _log_tail(path: Path, lines: int = 40) -> str:
 
 
 def _wait_ready(
-    name: str, proc: subprocess.Popen[bytes], log: Path, probe: httpx.Request, ready: int = 200
+    name: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    probe: httpx.Request,
+    ready: int = 200,
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
+    with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServerStartError(f"{name} exited with {proc.returncode}:\n{_log_tail(log)}")
@@ -93,6 +99,68 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
 
 
+def throwaway_tls(folder: Path, cert_file: Path, key_file: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it; returns the CA's PEM file."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pbp throwaway test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ca_file = folder / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return ca_file
+
+
 @dataclass
 class MinioServer:
     """A single-drive MinIO server on 127.0.0.1 with its data in `data_dir`."""
@@ -103,11 +171,19 @@ class MinioServer:
     user: str = MINIO_USER
     password: str = MINIO_PASSWORD
     proc: subprocess.Popen[bytes] | None = None
+    ca_file: Path | None = None  # set by `with_tls`: MinIO then serves https with a certificate it signs
 
     @property
     def endpoint(self) -> str:
         """The S3 endpoint URL."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def with_tls(self) -> MinioServer:
+        """Serve https with a certificate for 127.0.0.1 from a throwaway CA (`ca_file`), before `start`."""
+        certs = self.data_dir.parent / f"minio-{self.port}-certs"
+        self.ca_file = throwaway_tls(certs, certs / "public.crt", certs / "private.key")
+        return self
 
     @property
     def log_path(self) -> Path:
@@ -135,10 +211,13 @@ class MinioServer:
             f"127.0.0.1:{self.console_port}",
             "--quiet",
         ]
+        if self.ca_file is not None:
+            cmd += ["--certs-dir", str(self.ca_file.parent)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         probe = httpx.Request("GET", f"{self.endpoint}/minio/health/live")
-        _wait_ready("MinIO", self.proc, self.log_path, probe)
+        verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file is not None else True
+        _wait_ready("MinIO", self.proc, self.log_path, probe, verify=verify)
         return self
 
     def stop(self) -> None:
@@ -153,11 +232,43 @@ class MinioServer:
         from .blocks import S3Storage
 
         credentials = MinIOCredentials(
-            minio_root_user=self.user, minio_root_password=SecretStr(self.password)
+            minio_root_user=self.user,
+            minio_root_password=SecretStr(self.password),
+            aws_client_parameters=self.client_parameters(),
         )
         return S3Storage(
             credentials=credentials, endpoint_url=self.endpoint, region_name="us-east-1", **settings
         )
+
+    def limited_user(
+        self, name: str, actions: list[str], bucket: str, *, on_bucket: bool = False
+    ) -> S3Storage:
+        """Create user `name` (through MinIO's admin API) allowed only `actions` on `bucket`'s objects (or on
+        the bucket itself with `on_bucket`, e.g. `s3:ListBucket`), and return an `S3Storage` signed as it."""
+        from minio.credentials.providers import StaticProvider
+        from minio.minioadmin import MinioAdmin
+        from prefect_aws import AwsCredentials
+
+        from .blocks import S3Storage
+
+        admin = MinioAdmin(
+            endpoint=f"127.0.0.1:{self.port}",
+            credentials=StaticProvider(self.user, self.password),
+            secure=self.ca_file is not None,
+            cert_check=False,  # test scaffolding on loopback; the clients under test verify the CA
+        )
+        secret = f"{name}-secret-0123456789"
+        admin.user_add(name, secret)
+        resource = f"arn:aws:s3:::{bucket}" if on_bucket else f"arn:aws:s3:::{bucket}/*"
+        statement = {"Effect": "Allow", "Action": actions, "Resource": [resource]}
+        admin.policy_add(name, policy={"Version": "2012-10-17", "Statement": [statement]})
+        admin.attach_policy([name], user=name)
+        credentials = AwsCredentials(
+            aws_access_key_id=name,
+            aws_secret_access_key=SecretStr(secret),
+            aws_client_parameters=self.client_parameters(),
+        )
+        return S3Storage(credentials=credentials, endpoint_url=self.endpoint, region_name="us-east-1")
 
     def client(self) -> object:
         """A boto3 S3 client for this server, signed with the root credentials."""
@@ -171,7 +282,16 @@ class MinioServer:
             aws_secret_access_key=self.password,
             region_name="us-east-1",
             config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+            verify=str(self.ca_file) if self.ca_file is not None else None,
         )
+
+    def client_parameters(self) -> Any:
+        """prefect-aws `AwsClientParameters` that trust this server's CA (defaults without TLS)."""
+        from prefect_aws.client_parameters import AwsClientParameters
+
+        if self.ca_file is None:
+            return AwsClientParameters()
+        return AwsClientParameters(verify_cert_path=self.ca_file)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The streamed archive upload (publishers/s3_stream.py): part cutting, both send paths, failures, limits."""
+"""The streamed archive upload (publishers/s3_stream.py): part cutting, multipart via boto3, failures, limits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 from prefect_bacalhau_publish.blocks import S3Storage
 from prefect_bacalhau_publish.errors import PublishError, S3PublishError
 from prefect_bacalhau_publish.publishers import publish_to, s3, s3_stream
-from prefect_bacalhau_publish.publishers.s3_fast import fast_target
 from prefect_bacalhau_publish.publishers.s3_stream import PartSink, StreamAborted, upload_stream
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec, S3Params
 from prefect_bacalhau_publish.testing import MinioServer
@@ -106,24 +105,43 @@ def test_closing_the_sink_stops_a_blocked_producer() -> None:
     sink.unmap()
 
 
-@pytest.mark.parametrize("path", ["wire", "boto3"])
-def test_multipart_through_both_send_paths(
-    tmp_path: Path,
-    minio: MinioServer,
-    bucket: str,
-    s3_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    path: str,
+def test_multipart_checksum_and_version_come_from_the_complete_response(
+    tmp_path: Path, minio: MinioServer, versioned_bucket: str, s3_client: Any
 ) -> None:
-    storage = small_parts(minio)
-    if path == "boto3":  # as for AWS itself, https endpoints and proxies: parts go through upload_part
-        monkeypatch.setattr(s3, "fast_target", lambda *args: None)
-    result = publish_to(big_result(tmp_path, 13 * MiB), spec(bucket), ExecutionContext.new(), s3=storage)
+    result = publish_to(
+        big_result(tmp_path, 13 * MiB), spec(versioned_bucket), ExecutionContext.new(), s3=small_parts(minio)
+    )
     params = result.params
     assert isinstance(params, S3Params)
-    body = s3_client.get_object(Bucket=bucket, Key=params.key)["Body"].read()
+    body = s3_client.get_object(Bucket=versioned_bucket, Key=params.key)["Body"].read()
     assert params.checksum_sha256 == composite(body, 5 * MiB)
     assert params.checksum_sha256.endswith("-3")
+    head = s3_client.head_object(Bucket=versioned_bucket, Key=params.key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == params.checksum_sha256  # what S3 stored
+    assert params.version_id == head["VersionId"]
+
+
+def test_parts_are_signed_with_their_checksum_not_hashed_twice(
+    minio: MinioServer, bucket: str, s3_client: Any
+) -> None:
+    """The SigV4 payload hash of a PUT is its x-amz-checksum-sha256, so botocore does not hash it again;
+    MinIO checks both against the body, so a wrong one would be refused."""
+    client = small_parts(minio).get_client()
+    seen: list[tuple[str, str]] = []
+    client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: seen.append(
+            (
+                request.headers["X-Amz-Content-SHA256"].decode(),
+                request.headers["x-amz-checksum-sha256"].decode(),
+            )
+        ),
+    )
+    body = os.urandom(1000)
+    checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    client.put_object(Bucket=bucket, Key="signed", Body=body, ChecksumSHA256=checksum)
+    assert seen == [(hashlib.sha256(body).hexdigest(), checksum)]
+    assert s3_client.get_object(Bucket=bucket, Key="signed")["Body"].read() == body
 
 
 def test_exact_multiple_of_the_part_size_sends_no_empty_part(
@@ -140,10 +158,11 @@ def test_exact_multiple_of_the_part_size_sends_no_empty_part(
 
     producer = threading.Thread(target=produce)
     producer.start()
-    target = fast_target(client, storage, bucket)
+    ids: list[str] = []
     checksum, version = upload_stream(
-        client, target, bucket, "exact", sink, threshold=5 * MiB, in_flight=2, content_type="x/y"
+        client, bucket, "exact", sink, threshold=5 * MiB, in_flight=2, content_type="x/y", started=ids.append
     )
+    assert len(ids) == 1
     producer.join()
     sink.unmap()
     assert checksum == composite(data, 5 * MiB) and checksum.endswith("-2")

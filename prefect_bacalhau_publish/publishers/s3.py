@@ -1,28 +1,31 @@
-"""The S3 publisher: one streamed tar.gz object (gzip, the default) or one object per file (plain)."""
+"""The S3 publisher: one streamed tar.gz object (gzip, the default) or one object per file (plain).
+
+Publishing needs only `s3:PutObject` on the bucket's objects: the checksum and version come from the
+PUT / CompleteMultipartUpload responses. After a failure, a multipart upload is aborted by its id
+(`s3:AbortMultipartUpload`); when that is not allowed it is named in one warning and left to the bucket's
+lifecycle rule, and when the store cannot be reached its id goes into `journal` for the next publish.
+"""
 
 from __future__ import annotations
 
 import logging
-import mimetypes
 import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import journal
 from ..archive import write_archive
-from ..blocks import S3Storage
+from ..blocks import S3Storage, S3Target
 from ..errors import S3PublishError
 from ..naming import render_key
-from ..s3errors import explain
+from ..s3errors import PUBLISH_ERRORS, error_code, is_denied, wrapped
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
-from .s3_fast import fast_target, upload_small_files
+from .s3_plain import upload_files
 from .s3_stream import PartSink, upload_stream
 
 if TYPE_CHECKING:
@@ -34,55 +37,63 @@ __all__ = ["publish"]
 
 
 def publish(
-    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: S3Storage | None
+    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: S3Target | None
 ) -> PublishedResult:
     """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec."""
     params = spec.s3
-    storage = target if target is not None else S3Storage()
-    endpoint = params.endpoint or storage.endpoint_url
+    storage = S3Storage.coerce(target)
+    endpoint, region = storage.resolve(params.endpoint, params.region)
     client = storage.get_client(params.endpoint, params.region)
-    region = params.region or client.meta.region_name
     key = render_key(params.key, context=context, archive=params.archived)
     out: dict[str, Any] = {"Bucket": params.bucket, "Key": key, "Region": region, "Endpoint": endpoint}
     started = time.perf_counter()
     _abort_pending(client, endpoint, params.bucket)
     try:
         if params.archived:
-            try:
-                out.update(_upload_archive(client, storage, result_dir, params.bucket, key))
-            except BaseException:
-                _abort_uploads(client, endpoint, params.bucket, key)
-                raise
+            out.update(_upload_archive(client, storage, result_dir, params.bucket, key, endpoint))
         else:
-            count = _upload_plain(
-                client, storage, result_dir, params.bucket, key, (params.endpoint, params.region)
-            )
+            count = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
-    except (ClientError, BotoCoreError) as exc:
-        raise S3PublishError(
-            explain(exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint)
-        ) from exc
+    except PUBLISH_ERRORS as exc:
+        raise wrapped(
+            S3PublishError, exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint
+        ) from None
     logger.info("published s3://%s/%s in %.2fs", params.bucket, key, time.perf_counter() - started)
     return PublishedResult.model_validate({"Type": "s3", "Params": out})
 
 
-def _abort_uploads(client: S3Client, endpoint: str | None, bucket: str, key: str) -> None:
-    """Abort every incomplete multipart upload of `key`; if the store cannot be reached, journal the key."""
+def _abort(client: S3Client, endpoint: str | None, bucket: str, key: str, upload_id: str) -> None:
+    """Abort one multipart upload by its id; journal it only when the store could not be reached."""
+    where = f"multipart upload {upload_id} of s3://{bucket}/{key}"
     try:
-        listed = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
-        for upload in listed.get("Uploads", []):
-            if upload.get("Key") == key:
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        journal.forget(endpoint, bucket, key)
-    except (ClientError, BotoCoreError):
-        logger.warning("could not clean up s3://%s/%s now; the next publish to the bucket will", bucket, key)
-        journal.remember(endpoint, bucket, key)
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except (ClientError, BotoCoreError) as exc:
+        if error_code(exc) == "NoSuchUpload":
+            pass  # already gone (aborted, or completed after all)
+        elif is_denied(exc):
+            logger.warning(
+                "could not abort %s: these credentials lack s3:AbortMultipartUpload; its parts stay in the "
+                "bucket until a lifecycle rule (AbortIncompleteMultipartUpload) or an account allowed to "
+                "abort removes them",
+                where,
+            )
+        else:
+            logger.warning(
+                "could not abort %s now (%s); the next publish to bucket %r at %s will abort it",
+                where,
+                type(exc).__name__,
+                bucket,
+                endpoint or "AWS",
+            )
+            journal.remember(endpoint, bucket, key, upload_id)
+            return
+    journal.forget(endpoint, bucket, upload_id)
 
 
 def _abort_pending(client: S3Client, endpoint: str | None, bucket: str) -> None:
-    """Clean up what an earlier failed publish to this bucket could not."""
-    for key in journal.pending(endpoint, bucket):
-        _abort_uploads(client, endpoint, bucket, key)
+    """Abort what an earlier failed publish to this bucket could not."""
+    for key, upload_id in journal.pending(endpoint, bucket):
+        _abort(client, endpoint, bucket, key, upload_id)
 
 
 _PARTS_IN_FLIGHT = 2
@@ -90,7 +101,7 @@ _PARTS_IN_FLIGHT = 2
 
 
 def _upload_archive(
-    client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str
+    client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str, endpoint: str | None
 ) -> dict[str, Any]:
     """Stream the deterministic tar.gz to S3 while it is written, and verify the checksum S3 stored.
 
@@ -98,7 +109,6 @@ def _upload_archive(
     version); a larger one as a multipart upload of `multipart_chunksize` parts, `_PARTS_IN_FLIGHT` at a
     time, with memory fixed at `(_PARTS_IN_FLIGHT + 1) × multipart_chunksize` whatever the result's size.
     """
-    target = fast_target(client, storage, bucket)
     in_flight = min(_PARTS_IN_FLIGHT, storage.max_concurrency)
     sink = PartSink(storage.multipart_chunksize, in_flight + 1)
 
@@ -111,17 +121,22 @@ def _upload_archive(
 
     producer = threading.Thread(target=produce, name="pbp-archive", daemon=True)
     producer.start()
+    upload_ids: list[str] = []
     try:
         stored, version = upload_stream(
             client,
-            target,
             bucket,
             key,
             sink,
             threshold=storage.multipart_threshold,
             in_flight=in_flight,
             content_type="application/gzip",
+            started=upload_ids.append,
         )
+    except BaseException:
+        for upload_id in upload_ids:
+            _abort(client, endpoint, bucket, key, upload_id)
+        raise
     finally:
         sink.close()
         producer.join()
@@ -152,59 +167,32 @@ def _upload_plain(
     result_dir: Path,
     bucket: str,
     prefix: str,
-    overrides: tuple[str | None, str | None],
+    endpoint: str | None,
+    region: str | None,
 ) -> int:
-    """Upload every file to `prefix + relative/path` concurrently, each with a SHA-256 checksum.
-
-    Files below the multipart threshold go through the lean signed-PUT uploader (`s3_fast`), larger ones
-    through boto3's transfer manager. On failure, the objects already uploaded are deleted again so no
-    partial result is left behind.
-    """
-    files = list(_walk_files(result_dir))
-    config = TransferConfig(
-        multipart_threshold=storage.multipart_threshold,
-        multipart_chunksize=storage.multipart_chunksize,
-        max_concurrency=4,
-    )
-    small: list[tuple[Path, str]] = []
-    large: list[tuple[Path, str]] = []
-    for path in files:
-        size = path.stat().st_size
-        (small if size < storage.multipart_threshold else large).append(
-            (path, prefix + path.relative_to(result_dir).as_posix())
-        )
+    """Upload every file to `prefix + relative/path` (`s3_plain`). On failure, the objects already
+    uploaded are deleted again so no partial result is left behind (that needs `s3:DeleteObject`)."""
+    files = [(path, prefix + path.relative_to(result_dir).as_posix()) for path in _walk_files(result_dir)]
     done: list[str] = []
-    lock = threading.Lock()
-
-    def upload(item: tuple[Path, str]) -> None:
-        path, key = item
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        extra = {"ChecksumAlgorithm": "SHA256", "ContentType": content_type}
-        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
-        with lock:
-            done.append(key)
-
     try:
-        upload_small_files(
-            storage,
-            *overrides,
-            bucket,
-            small,
-            concurrency=storage.max_concurrency,
-            done=done,
-            error_key=prefix,
-        )
-        with ThreadPoolExecutor(max_workers=min(4, storage.max_concurrency)) as pool:
-            for future in [pool.submit(upload, item) for item in large]:
-                future.result()
+        upload_files(storage, client, bucket, files, endpoint=endpoint, region=region, done=done)
     except BaseException:
-        for start in range(0, len(done), 1000):
-            batch = [{"Key": k} for k in done[start : start + 1000]]
-            try:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
-            except (ClientError, BotoCoreError):
-                logger.warning(
-                    "could not remove %d partial objects under s3://%s/%s", len(batch), bucket, prefix
-                )
+        _remove(client, bucket, prefix, done)
         raise
     return len(files)
+
+
+def _remove(client: S3Client, bucket: str, prefix: str, keys: list[str]) -> None:
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[start : start + 1000]]
+        try:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning(
+                "could not remove %d objects a failed publish left under s3://%s/%s (%s): delete them by "
+                "hand, or publish again to the same Key to overwrite them",
+                len(batch),
+                bucket,
+                prefix,
+                "these credentials lack s3:DeleteObject" if is_denied(exc) else type(exc).__name__,
+            )

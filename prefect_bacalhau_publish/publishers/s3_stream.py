@@ -3,31 +3,31 @@
 The producer writes into a fixed pool of part-sized buffers (anonymous memory maps, returned to the system
 when the upload ends), so memory is `(in_flight + 1) × part_size` whatever the archive's size, and no
 pipe or temporary file copies the bytes. Each part is hashed once, in the worker that sends it: the same
-SHA-256 signs the request (`x-amz-content-sha256`), is sent as the part's `x-amz-checksum-sha256`, and
-goes into S3's composite checksum. Parts go through `s3_fast`'s signed PUT on kept-alive connections when
-the endpoint allows it, else through boto3's `upload_part`.
+SHA-256 is sent as the part's `x-amz-checksum-sha256` (S3 refuses a part whose bytes do not match it) and
+goes into the composite checksum this side expects. Parts go through boto3's `upload_part`, for AWS and
+S3-compatible stores alike; the checksum and version S3 stored come from the `CompleteMultipartUpload`
+(or single `PutObject`) response, so publishing needs `s3:PutObject` and nothing more.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import mmap
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from ..checksums import b64, composite
 from ..errors import S3PublishError
 from ..progress import advance
-from .s3_fast import _Target, _Wire, put_retrying, run_threads
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["MAX_PARTS", "PartSink", "StreamAborted", "upload_stream"]
+__all__ = ["MAX_PARTS", "PartSink", "StreamAborted", "run_threads", "upload_stream"]
 
 MAX_PARTS = 10_000
 """S3's limit on the parts of one multipart upload."""
@@ -172,7 +172,6 @@ class PartSink:
 
 def upload_stream(
     client: S3Client,
-    target: _Target | None,
     bucket: str,
     key: str,
     sink: PartSink,
@@ -180,12 +179,14 @@ def upload_stream(
     threshold: int,
     in_flight: int,
     content_type: str,
+    started: Callable[[str], object] = lambda upload_id: None,
 ) -> tuple[str, str | None]:
     """Upload what the producer writes into `sink` to `s3://bucket/key`; return (ChecksumSHA256, VersionId).
 
     A stream that ends before `threshold` bytes (and within one part) goes up in one PUT; otherwise a
-    multipart upload with `in_flight` parts sent at once. The checksum S3 reports is compared with the
-    one computed here. On any failure the caller aborts the multipart upload (`s3._abort_uploads`).
+    multipart upload with `in_flight` parts sent at once; `started(upload_id)` is called as soon as the
+    upload exists, so that the caller can abort it by its id on failure. Both values come from S3's
+    response, and the checksum is compared with the one computed here.
     """
     first = sink.next_part()
     assert first is not None  # finish() always hands on a final part
@@ -202,40 +203,54 @@ def upload_stream(
     created = client.create_multipart_upload(
         Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
     )
-    upload = _Upload(client, target, bucket, key, created["UploadId"], sink)
+    started(created["UploadId"])
+    upload = _Upload(client, bucket, key, created["UploadId"], sink)
     upload.run(first, max(1, in_flight))
     done = sorted(upload.parts.items())
     parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": b64(digest)} for n, (etag, digest) in done]
-    client.complete_multipart_upload(
+    completed = client.complete_multipart_upload(
         Bucket=bucket,
         Key=key,
         UploadId=created["UploadId"],
         MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
     )
     expected = composite([digest for _, (_, digest) in done])
-    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    return _verified(bucket, key, head.get("ChecksumSHA256", ""), expected, head.get("VersionId"))
+    stored = completed.get("ChecksumSHA256", "")
+    return _verified(bucket, key, stored, expected, completed.get("VersionId"))
 
 
 def _verified(
     bucket: str, key: str, stored: str, expected: str, version: str | None
 ) -> tuple[str, str | None]:
-    if stored != expected:
+    """S3's checksum when it reported one (it must equal ours); ours from a store that reports none."""
+    if stored and stored != expected:
         raise S3PublishError(
-            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
-            f"uploaded has {expected}; the key was probably overwritten concurrently, publish again"
+            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored} but the archive "
+            f"uploaded has {expected}; publish again"
         )
-    return stored, version
+    return stored or expected, version
+
+
+def run_threads(threads: Sequence[threading.Thread], on_interrupt: Callable[[], object]) -> None:
+    """Start the threads and wait for them all; on Ctrl-C while waiting, call `on_interrupt`, wait for
+    them again, and re-raise."""
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        on_interrupt()
+        for thread in threads:
+            thread.join()
+        raise
 
 
 class _Upload:
     """The workers of one multipart upload: each takes the next part, hashes it, sends it, frees it."""
 
-    def __init__(
-        self, client: S3Client, target: _Target | None, bucket: str, key: str, upload_id: str, sink: PartSink
-    ) -> None:
+    def __init__(self, client: S3Client, bucket: str, key: str, upload_id: str, sink: PartSink) -> None:
         self.client = client
-        self.target = target
         self.bucket = bucket
         self.key = key
         self.upload_id = upload_id
@@ -244,7 +259,6 @@ class _Upload:
         self.failure: BaseException | None = None
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self._path = f"/{bucket}/{quote(key, safe='/~')}"
 
     def run(self, first: tuple[int, mmap.mmap, int, bool], workers: int) -> None:
         threads = [
@@ -269,12 +283,6 @@ class _Upload:
         self.sink.close()
 
     def _work(self, job: tuple[int, mmap.mmap, int, bool] | None) -> None:
-        wire = _Wire(self.target) if self.target is not None else None
-        send: Callable[[int, memoryview, bytes], str] = (
-            (lambda n, body, digest: self._put_wire(wire, n, body, digest))
-            if wire is not None
-            else self._put_boto3
-        )
         try:
             while not self.stop.is_set():
                 if job is None:
@@ -292,38 +300,51 @@ class _Upload:
                 if length or number == 1:
                     with memoryview(buffer) as whole, whole[:length] as body:
                         digest = hashlib.sha256(body).digest()
-                        etag = send(number, body, digest)
+                        etag = self._send(number, body, digest)
                     with self.lock:
                         self.parts[number] = (etag, digest)
                 self.sink.release(buffer)
         except BaseException as exc:
             self._fail(exc)
-        finally:
-            if wire is not None:
-                wire.close()
 
-    def _put_wire(self, wire: _Wire, number: int, body: memoryview, digest: bytes) -> str:
-        query = f"partNumber={number}&uploadId={quote(self.upload_id, safe='-_.~')}"
-        response = put_retrying(
-            wire,
-            self._path,
-            body,
-            digest,
-            None,
-            stop=self.stop,
-            bucket=self.bucket,
-            key=self.key,
-            query=query,
-        )
-        return response.headers.get("etag", "")
-
-    def _put_boto3(self, number: int, body: memoryview, digest: bytes) -> str:
+    def _send(self, number: int, body: memoryview, digest: bytes) -> str:
         response: Any = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=bytes(body),
+            Body=_Body(body),  # type: ignore[arg-type]  # a readable, seekable file
+            ContentLength=len(body),
             ChecksumSHA256=b64(digest),
         )
         return str(response["ETag"])
+
+
+class _Body(io.RawIOBase):
+    """A part's buffer as a seekable file, so botocore streams it (and can rewind it to retry) without a copy."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        chunk = self._view[self._pos : self._pos + len(target)]
+        count = len(chunk)
+        target[:count] = chunk
+        self._pos += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos

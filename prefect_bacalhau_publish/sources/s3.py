@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..blocks import S3Storage
+from ..blocks import S3Storage, S3Target
 from ..checksums import ChecksumVerifier, PartHasher, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..progress import advance
-from ..s3errors import explain
+from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import place
 from .tail import extract_while_downloading
@@ -40,14 +41,14 @@ class _Object:
     is_dir: bool = False
 
 
-def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
+def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
     """Materialise an S3 input at `dest`: one object as a file inside it, a prefix as a tree, or extracted."""
     params = source.params
     if not isinstance(params, S3Params):
         raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
     if isinstance(params, S3PreSignedParams):
-        return _fetch_presigned(params, dest)
-    storage = target if target is not None else S3Storage()
+        return _fetch_presigned(params, dest, S3Storage.coerce(target).tls_verify())
+    storage = S3Storage.coerce(target)
     endpoint = params.endpoint or storage.endpoint_url
     client = storage.get_client(params.endpoint, params.region)
     try:
@@ -71,36 +72,37 @@ def fetch(source: SourceSpec, dest: Path, target: S3Storage | None) -> Path:
                 _download_all(client, params, objects, staging, storage.max_concurrency)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
-        raise FetchError(
-            explain(exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint)
-        ) from exc
+        raise wrapped(
+            FetchError, exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint
+        ) from None
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
 
 
-def _fetch_presigned(params: S3PreSignedParams, dest: Path) -> Path:
+def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) -> Path:
     """Download through the presigned URL (no credentials needed), verify ChecksumSHA256, place or extract."""
     name = PurePosixPath(params.key).name or "object"
     with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
         staging = Path(tmp) / "content"
         download = Path(tmp) / "download"
         if params.extract:
-            extract_while_downloading(download, lambda out: _download_presigned(params, out), staging)
+            extract_while_downloading(download, lambda out: _download_presigned(params, out, verify), staging)
         else:
             staging.mkdir()
             with open(download, "wb") as out:
-                _download_presigned(params, out)
+                _download_presigned(params, out, verify)
             download.rename(staging / name)
         place(staging, dest)
     return dest
 
 
-def _download_presigned(params: S3PreSignedParams, out: BinaryIO) -> None:
+def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool | str) -> None:
     """GET the presigned URL into `out`, checking its length and ChecksumSHA256 as the bytes pass."""
     where = f"s3://{params.bucket}/{params.key}"
     got = 0
     try:
-        with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False) as response:
+        tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False, verify=tls) as response:
             if response.status_code != 200:
                 raise FetchError(
                     f"fetch {where} through its presigned URL failed: HTTP {response.status_code}"
@@ -122,7 +124,9 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO) -> None:
                     verifier.update(chunk)
                 advance(len(chunk))
     except httpx.HTTPError as exc:
-        raise FetchError(f"fetch {where} through its presigned URL failed: {type(exc).__name__}") from exc
+        raise FetchError(
+            f"fetch {where} through its presigned URL failed: {type(exc).__name__}: {exc}"
+        ) from None
     if expected >= 0 and got != expected:
         raise FetchError(f"fetch {where} was cut short: {got} of {expected} bytes")
     if verifier is not None and not verifier.matches():
@@ -169,12 +173,21 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
     prefix = params.key.rstrip("*")
     pattern = re.compile(params.filter) if params.filter else None
     found: list[_Object] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=params.bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if pattern is not None and not pattern.search(key[len(prefix) :]):
-                continue
-            found.append(_Object(key, item.get("ETag"), None, key.endswith("/")))
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=params.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if pattern is not None and not pattern.search(key[len(prefix) :]):
+                    continue
+                found.append(_Object(key, item.get("ETag"), None, key.endswith("/")))
+    except ClientError as exc:
+        if not is_denied(exc):
+            raise
+        raise FetchError(
+            f"fetch s3://{params.bucket}/{params.key} failed: listing a prefix needs s3:ListBucket on bucket "
+            f"{params.bucket!r} (arn:aws:s3:::{params.bucket}), which these credentials lack ({error_code(exc)}); "
+            "grant it, or publish with Encoding gzip, whose one object needs only s3:GetObject"
+        ) from None
     return found
 
 

@@ -23,7 +23,7 @@ def storage_for(server: MinioServer) -> S3Storage:
     return server.storage(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2)
 
 
-def test_minio_killed_mid_multipart_publish(tmp_path: Path) -> None:
+def test_minio_killed_mid_multipart_publish(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = MinioServer(tmp_path / "data").start()
     try:
         client: Any = server.client()
@@ -57,7 +57,10 @@ def test_minio_killed_mid_multipart_publish(tmp_path: Path) -> None:
         assert not worker.is_alive(), "publish did not give up within bounded retries"
         assert len(errors) == 1 and isinstance(errors[0], S3PublishError), errors
         assert "s3://faults/" in str(errors[0])
-        assert journal.pending(server.endpoint, "faults") == [f"{first.execution_id}.tar.gz"]
+        pending = journal.pending(server.endpoint, "faults")
+        assert [key for key, _ in pending] == [f"{first.execution_id}.tar.gz"]
+        assert "could not abort multipart upload " + pending[0][1] in caplog.text
+        assert "the next publish to bucket 'faults'" in caplog.text
 
         server.start()  # same data folder, same port
         assert client.list_objects_v2(Bucket="faults").get("KeyCount", 0) == 0  # nothing visible
