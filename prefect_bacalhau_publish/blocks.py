@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["IPFSNode", "LocalResultServer", "S3Storage", "S3Target"]
 
-_DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish#readme"
-_LOGO = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"
+_DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish/blob/main/README.md"
+_BACALHAU_LOGO = "https://docs.bacalhau.org/favicon.ico"
 MiB = 1024 * 1024
 _CLIENT_LOCK = threading.Lock()
 
@@ -44,8 +44,8 @@ class S3Storage(Block):
     """
 
     _block_type_name = "Bacalhau S3 Storage"
-    _logo_url = _LOGO  # type: ignore[assignment]
-    _documentation_url = _DOCS  # type: ignore[assignment]
+    _logo_url = _BACALHAU_LOGO  # type: ignore[assignment]
+    _documentation_url = f"{_DOCS}#s3"  # type: ignore[assignment]
     _description = "S3 or S3-compatible storage (MinIO) for Bacalhau-style result publishing."
 
     credentials: AwsCredentials | MinIOCredentials | None = Field(
@@ -231,7 +231,7 @@ class IPFSNode(Block):
 
     _block_type_name = "Bacalhau IPFS Node"
     _logo_url = "https://ipfs.tech/favicon.ico"  # type: ignore[assignment]
-    _documentation_url = _DOCS  # type: ignore[assignment]
+    _documentation_url = f"{_DOCS}#ipfs"  # type: ignore[assignment]
     _description = "A Kubo (IPFS) node's RPC API for Bacalhau-style IPFS publishing."
 
     api_address: str = Field(
@@ -318,8 +318,8 @@ class LocalResultServer(Block):
     """
 
     _block_type_name = "Bacalhau Local Result Server"
-    _logo_url = "https://docs.bacalhau.org/favicon.ico"  # type: ignore[assignment]
-    _documentation_url = _DOCS  # type: ignore[assignment]
+    _logo_url = _BACALHAU_LOGO  # type: ignore[assignment]
+    _documentation_url = f"{_DOCS}#local"  # type: ignore[assignment]
     _description = "The local publisher's storage folder and the HTTP server that serves it."
 
     storage_dir: Path = Field(

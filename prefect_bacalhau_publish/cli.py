@@ -30,10 +30,21 @@ def _blocks(s3_block: str | None, ipfs_block: str | None, local_block: str | Non
     from .blocks import IPFSNode, LocalResultServer, S3Storage
 
     return {
-        "s3": S3Storage.load(s3_block) if s3_block else None,
+        "s3": _s3_block(s3_block) if s3_block else None,
         "ipfs": IPFSNode.load(ipfs_block) if ipfs_block else None,
         "local": LocalResultServer.load(local_block) if local_block else None,
     }
+
+
+def _s3_block(name: str) -> Any:
+    """`NAME` is a saved S3Storage block; `TYPE-SLUG/NAME` any block an `s3=` parameter takes (a prefect-aws
+    `s3-bucket/...`, `aws-credentials/...` or `minio-credentials/...`)."""
+    from prefect.blocks.core import Block
+
+    from .blocks import S3Storage
+
+    loaded: Any = Block.load(name) if "/" in name else S3Storage.load(name)
+    return S3Storage.coerce(loaded)
 
 
 def _flow_run_results(run_id: uuid.UUID) -> list[PublishedResult]:
@@ -139,7 +150,8 @@ def get(
     presigned
         Fetch archived S3 results through a presigned URL, as Bacalhau's requester does.
     s3_block
-        Name of a saved S3Storage block (default: AWS default credential chain).
+        Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket, aws-credentials or
+        minio-credentials block (default: AWS default credential chain).
     ipfs_block
         Name of a saved IPFSNode block.
     local_block
@@ -195,7 +207,7 @@ def publish(
     target
         Bacalhau's CLI publisher syntax: s3://bucket/key,opt=endpoint=...,opt=region=..., ipfs, or local.
     s3_block
-        Name of a saved S3Storage block.
+        Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket or credentials block.
     ipfs_block
         Name of a saved IPFSNode block.
     local_block

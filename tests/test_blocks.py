@@ -586,3 +586,29 @@ def test_setup_module_docstring_documents_every_variable(setup_module: ModuleTyp
     assert {"AWS_ACCESS_KEY_ID", "MINIO_ROOT_USER", "IPFS_API", "BACALHAU_LOCAL_PORT"} <= used
     doc = setup_module.__doc__ or ""
     assert not [name for name in sorted(used) if name not in doc]
+
+
+def test_s3_storage_has_its_own_logo_and_documentation() -> None:
+    assert "aws" not in str(S3Storage._logo_url).lower()
+    assert str(S3Storage._documentation_url).endswith("README.md#s3")
+
+
+def test_prefect_aws_blocks_stand_for_s3_storage() -> None:
+    from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    minio = MinIOCredentials(
+        minio_root_user="u",
+        minio_root_password="p",
+        region_name="eu-west-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url="http://127.0.0.1:9"),
+    )
+    for value in (minio, S3Bucket(bucket_name="b", credentials=minio)):
+        storage = S3Storage.coerce(value)
+        assert storage.credentials is minio
+        assert storage.resolve() == ("http://127.0.0.1:9", "eu-west-1")
+    aws = AwsCredentials(region_name="ap-south-1")
+    assert S3Storage.coerce(aws).resolve(region="us-east-2") == (None, "us-east-2")
+    assert S3Storage.coerce(None).credentials is None
+    with pytest.raises(TypeError, match="expected an S3Storage, S3Bucket"):
+        S3Storage.coerce("not a block")  # type: ignore[arg-type]
