@@ -115,7 +115,11 @@ def ways(
         )
         publish_to(root, spec, ExecutionContext.new(), s3=storage)
 
-    found: dict[str, Callable[[list[tuple[Path, str]]], None]] = {"loop": loop, "pool": pool, "obstore": obstore}
+    found: dict[str, Callable[[list[tuple[Path, str]]], None]] = {
+        "loop": loop,
+        "pool": pool,
+        "obstore": obstore,
+    }
     if publish:
         found["publish"] = publish_plain
     return found

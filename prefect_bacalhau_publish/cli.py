@@ -27,7 +27,7 @@ _MERGE_APPEND = ("stdout", "stderr", "exitCode")
 
 
 def _blocks(s3_block: str | None, ipfs_block: str | None, local_block: str | None) -> dict[str, Any]:
-    from .blocks import IPFSNode, LocalResultServer, S3Storage
+    from .blocks import IPFSNode, LocalResultServer
 
     return {
         "s3": _s3_block(s3_block) if s3_block else None,
