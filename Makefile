@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv servers chromium test lint typecheck pytest demo bench clean
+.PHONY: venv servers chromium test lint typecheck pytest demo bench clean stack stack-down
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -38,6 +38,12 @@ test: lint typecheck pytest
 
 demo: venv servers
 	$(PY) flows/demo.py
+
+stack: venv servers
+	$(PY) scripts/stack.py up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) scripts/stack.py down; fi
 
 bench: venv servers
 	@command -v pigz >/dev/null || { apt-get update -q && apt-get install -y -q pigz; }

@@ -5,6 +5,11 @@ Usage (from anywhere; the blocks go to the Prefect API of the current profile, o
     python blocks/setup.py                 # save all three blocks (and the S3 credentials block)
     python blocks/setup.py --only s3       # just the S3 blocks (repeat --only for more)
     python blocks/setup.py --dry-run       # show what would be saved, save nothing
+    python blocks/setup.py --no-create-buckets   # do not create the deployments' buckets
+
+With the S3 block it also creates, when missing, every bucket the deployments in `flows/prefect.yaml` use
+(their `bucket` parameter), so the first scheduled run does not fail on a missing bucket; it says which it
+created. Skip that with `--no-create-buckets` where these credentials may not create buckets.
 
 Re-running updates the same block documents in place (`save(name, overwrite=True)`); it never duplicates
 them. Secret values are never printed: the output names the variables that were read, not their values.
@@ -59,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("s3", "ipfs", "local")
+REPO = Path(__file__).resolve().parents[1]
 
 
 class SettingError(ValueError):
@@ -217,6 +223,41 @@ def save_blocks(plans: Sequence[Plan], *, echo: Callable[[str], None] = print) -
     return saved
 
 
+def deployment_buckets(prefect_file: Path = REPO / "flows" / "prefect.yaml") -> list[str]:
+    """The `bucket` parameter of every deployment in `prefect_file`, in order, once each."""
+    import yaml
+
+    document = yaml.safe_load(prefect_file.read_text())
+    found: list[str] = []
+    for deployment in document.get("deployments") or []:
+        bucket = (deployment.get("parameters") or {}).get("bucket")
+        if isinstance(bucket, str) and bucket not in found:
+            found.append(bucket)
+    return found
+
+
+def create_buckets(storage: Any, buckets: Sequence[str], *, echo: Callable[[str], None] = print) -> None:
+    """Create each bucket that does not exist yet at the S3 block's endpoint, saying what it did."""
+    from botocore.exceptions import ClientError
+
+    client = storage.get_client()
+    where = storage.resolve()[0] or "AWS"
+    for bucket in buckets:
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            region = storage.resolve()[1]
+            extra = (
+                {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            )
+            client.create_bucket(Bucket=bucket, **extra)
+            echo(f"created bucket '{bucket}' at {where} (used by flows/prefect.yaml)")
+        else:
+            echo(f"bucket '{bucket}' exists at {where}")
+
+
 def _api_description() -> str:
     from prefect.settings import PREFECT_API_URL
 
@@ -235,6 +276,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         "--only", action="append", choices=KINDS, help="save only these blocks (repeatable; default: all)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would be saved, save nothing")
+    parser.add_argument(
+        "--no-create-buckets",
+        action="store_true",
+        help="do not create the buckets the deployments in flows/prefect.yaml use",
+    )
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 
@@ -262,6 +308,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except Exception as exc:  # the API refused or is unreachable: one line, no traceback, no secrets
         print(f"blocks/setup.py: saving failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    s3 = [plan for plan in plans if plan.kind == "s3"]
+    if s3 and not args.no_create_buckets:
+        from prefect_bacalhau_publish.s3errors import explain, is_client_error
+
+        buckets = deployment_buckets()
+        try:
+            create_buckets(s3[0].block, buckets)
+        except Exception as exc:
+            if not is_client_error(exc):
+                raise
+            endpoint = s3[0].block.resolve()[0]
+            print(
+                "blocks/setup.py: "
+                + explain(exc, action="create", bucket=", ".join(buckets), endpoint=endpoint)
+                + " (or rerun with --no-create-buckets)",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

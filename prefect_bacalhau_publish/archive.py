@@ -166,7 +166,7 @@ def _scan(root: str) -> list[_Entry]:
         if not stat.S_ISDIR(os.stat(root).st_mode):
             raise PublishError(f"{root} is not a folder")
     except OSError as exc:
-        raise PublishError(f"cannot read result folder {root}: {exc}") from exc
+        raise PublishError(f"cannot read result folder {root}: {exc}") from None
     entries: list[_Entry] = []
     pending = [""]
     while pending:
@@ -175,7 +175,7 @@ def _scan(root: str) -> list[_Entry]:
             with os.scandir(os.path.join(root, rel_dir)) as it:
                 items = list(it)
         except OSError as exc:
-            raise PublishError(f"cannot list {os.path.join(root, rel_dir)}: {exc}") from exc
+            raise PublishError(f"cannot list {os.path.join(root, rel_dir)}: {exc}") from None
         for item in items:
             rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
             try:
@@ -191,7 +191,7 @@ def _scan(root: str) -> list[_Entry]:
                 else:
                     raise PublishError(f"{item.path} is {_kind(mode)}; only files, folders and symlinks")
             except OSError as exc:
-                raise PublishError(f"cannot read {item.path}: {exc}") from exc
+                raise PublishError(f"cannot read {item.path}: {exc}") from None
     entries.sort(key=lambda e: os.fsencode(e.rel))
     links = {e.rel: e.target for e in entries if e.type == tarfile.SYMTYPE}
     for rel, target in links.items():
@@ -249,7 +249,7 @@ class _GzipSink:
             try:
                 n = os.readv(fd, [self._view[self._fill : self._fill + want]])
             except OSError as exc:
-                raise PublishError(f"cannot read {path}: {exc}") from exc
+                raise PublishError(f"cannot read {path}: {exc}") from None
             if n == 0:
                 break
             self._fill += n
@@ -284,7 +284,7 @@ def _copy_file(root: str, entry: _Entry, sink: _GzipSink) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise PublishError(f"cannot read {path}: {exc}") from exc
+        raise PublishError(f"cannot read {path}: {exc}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PublishError(f"{path} is no longer a regular file; it changed while being archived")
@@ -384,7 +384,7 @@ class _GunzipReader:
         try:
             data = self._raw.read(_IN_CHUNK)
         except OSError as exc:
-            raise FetchError(f"cannot read the archive: {exc}") from exc
+            raise FetchError(f"cannot read the archive: {exc}") from None
         if not data:
             self._raw_eof = True
             return False
@@ -407,7 +407,7 @@ class _GunzipReader:
             try:
                 out = self._inflater.decompress(self._in, _OUT_CHUNK)
             except _DECOMPRESS_ERRORS as exc:
-                raise FetchError(f"corrupt gzip data: {exc}") from exc
+                raise FetchError(f"corrupt gzip data: {exc}") from None
             self._in = self._inflater.unconsumed_tail
             if out:
                 self._out, self._off = out, 0
@@ -427,7 +427,7 @@ class _TarInfo(tarfile.TarInfo):
         except _END_OF_ARCHIVE:
             raise
         except tarfile.HeaderError as exc:
-            raise FetchError(f"corrupt or truncated tar archive: {exc}") from exc
+            raise FetchError(f"corrupt or truncated tar archive: {exc}") from None
 
 
 _ALLOWED_TYPES = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
@@ -569,12 +569,12 @@ def _extract_into(raw: IO[bytes], root: str, max_bytes: int, max_members: int) -
                 try:
                     extractor.add(tar, member)
                 except OSError as exc:
-                    raise FetchError(f"cannot extract member {member.name!r}: {exc}") from exc
+                    raise FetchError(f"cannot extract member {member.name!r}: {exc}") from None
         reader.allow(_TAIL_CAP, f"more than {_TAIL_CAP} bytes follow the end of the tar archive")
         while reader.read(CHUNK):  # check the gzip trailer (CRC and length)
             pass
     except tarfile.TarError as exc:
-        raise FetchError(f"corrupt or truncated tar archive: {exc}") from exc
+        raise FetchError(f"corrupt or truncated tar archive: {exc}") from None
     extractor.check_links()
 
 
@@ -640,7 +640,7 @@ def extract_archive(
             try:
                 raw = open(src, "rb")  # noqa: SIM115 - closed below; open errors need their own message
             except OSError as exc:
-                raise FetchError(f"cannot open the archive {src}: {exc}") from exc
+                raise FetchError(f"cannot open the archive {src}: {exc}") from None
             with raw:
                 _extract_into(raw, tmp, max_bytes, max_members)
         else:
@@ -648,7 +648,7 @@ def extract_archive(
         try:
             _commit(tmp, dest)
         except OSError as exc:
-            raise FetchError(f"cannot move the extracted files into {dest}: {exc}") from exc
+            raise FetchError(f"cannot move the extracted files into {dest}: {exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

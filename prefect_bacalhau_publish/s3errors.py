@@ -6,6 +6,7 @@ import logging
 import re
 from typing import TypeVar
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -41,27 +42,23 @@ _TRANSIENT = {
 }
 
 
-def _obstore_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from obstore.exceptions import BaseError
-    except ImportError:  # pragma: no cover - obstore is a dependency
-        return ()
-    return (BaseError,)
-
-
 class StoreNotFound(Exception):
     """obstore's 404 for a request (it raises the builtin FileNotFoundError, which a local file also may)."""
 
 
-OBSTORE_ERRORS = (*_obstore_errors(), StoreNotFound)
-PUBLISH_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, *OBSTORE_ERRORS)
-"""What the S3 clients raise for a failed request: the publisher turns each into one S3PublishError."""
+def is_client_error(exc: BaseException) -> bool:
+    """True for a failed request of either S3 client (botocore, boto3's transfer manager, obstore): what the
+    publisher explains in one line. obstore is recognised by its module, so that importing this module
+    does not load it (archive publishes never need it; it costs ~12 MiB of memory)."""
+    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError)) or _is_obstore(exc)
+
 
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
+_BOTO3_CODE = re.compile(r"An error occurred \(([A-Za-z0-9.]+)\)")
 
 
 def _is_obstore(exc: BaseException) -> bool:
-    return isinstance(exc, OBSTORE_ERRORS)
+    return isinstance(exc, StoreNotFound) or type(exc).__module__.startswith("obstore")
 
 
 def error_code(exc: BaseException) -> str:
@@ -70,6 +67,9 @@ def error_code(exc: BaseException) -> str:
         return str(exc.response.get("Error", {}).get("Code", ""))
     if _is_obstore(exc):
         found = _CODE.search(str(exc))
+        return found.group(1) if found else ""
+    if isinstance(exc, S3UploadFailedError):  # boto3's transfer manager keeps only the message
+        found = _BOTO3_CODE.search(str(exc))
         return found.group(1) if found else ""
     return ""
 

@@ -428,7 +428,7 @@ def parse_publisher_string(text: str) -> PublisherSpec:
     try:
         fields = next(csv.reader([text.strip()]))
     except (csv.Error, StopIteration) as exc:
-        raise SpecError(f"invalid publisher: {text!r}: {exc}") from exc
+        raise SpecError(f"invalid publisher: {text!r}: {exc}") from None
     destination = ""
     options: dict[str, str] = {}
     for index, field in enumerate(fields):
@@ -461,7 +461,7 @@ def parse_publisher_string(text: str) -> PublisherSpec:
     try:
         return PublisherSpec.model_validate({"Type": scheme, "Params": params})
     except ValidationError as exc:
-        raise SpecError(describe(exc)) from exc
+        raise SpecError(describe(exc)) from None
 
 
 def parse_input_string(text: str, target: str | None = None) -> InputSource:
@@ -492,7 +492,7 @@ def parse_input_string(text: str, target: str | None = None) -> InputSource:
             {"Source": {"Type": kind, "Params": params}, "Target": target or "/inputs"}
         )
     except ValidationError as exc:
-        raise SpecError(describe(exc)) from exc
+        raise SpecError(describe(exc)) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -514,9 +514,9 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"job spec is neither valid JSON nor YAML: {exc}") from exc
+        raise SpecError(f"job spec is neither valid JSON nor YAML: {exc}") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"job spec is neither valid JSON nor YAML: {_yaml_problem(exc)}") from exc
+        raise SpecError(f"job spec is neither valid JSON nor YAML: {_yaml_problem(exc)}") from None
     if not isinstance(document, Mapping):
         raise SpecError("job spec must be a mapping with a Tasks list")
     job = _get(document, "Job") if _get(document, "Tasks") is None else document
@@ -539,7 +539,7 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
                 }
             )
         except ValidationError as exc:
-            raise SpecError(f"Tasks[{index}] ({name}): {describe(exc)}") from exc
+            raise SpecError(f"Tasks[{index}] ({name}): {describe(exc)}") from None
         names = [p.name for p in io.result_paths]
         if len(set(names)) != len(names):
             raise SpecError(f"Tasks[{index}] ({name}): ResultPaths names must be unique")
@@ -560,8 +560,8 @@ def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Publ
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from exc
+            raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from None
     try:
         return PublishedResult.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"invalid published result: {describe(exc)}") from exc
+        raise SpecError(f"invalid published result: {describe(exc)}") from None

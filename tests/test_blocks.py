@@ -448,9 +448,10 @@ def test_setup_saves_aws_blocks_idempotently_without_printing_secrets(
         "BACALHAU_LOCAL_PORT": "6200",
         "BACALHAU_LOCAL_ADDRESS": "results.example",
     }
-    assert setup_module.main([], env) == 0
+    # the endpoint is made up: no bucket is created there (nothing leaves this machine)
+    assert setup_module.main(["--no-create-buckets"], env) == 0
     first = asyncio.run(_all_block_documents())
-    assert setup_module.main([], env) == 0  # again: updates in place
+    assert setup_module.main(["--no-create-buckets"], env) == 0  # again: updates in place
     second = asyncio.run(_all_block_documents())
     printed = capsys.readouterr()
     assert SECRET not in printed.out + printed.err
@@ -498,7 +499,11 @@ def test_setup_minio_blocks_reach_minio(
     assert (s3.endpoint_url, s3.region_name) == (minio.endpoint, "us-east-1")
     assert isinstance(s3.credentials, MinIOCredentials), s3.credentials
     assert s3.credentials.minio_root_user == minio.user
-    assert "pbp-unversioned" in {b["Name"] for b in s3.get_client().list_buckets()["Buckets"]}
+    buckets = {b["Name"] for b in s3.get_client().list_buckets()["Buckets"]}
+    assert {"pbp-unversioned", "bacalhau-results"} <= buckets  # the deployments' bucket was created
+    assert re.search(r"(created bucket|bucket) 'bacalhau-results'", printed.out), printed.out
+    assert setup_module.main(["--only", "s3"], env) == 0  # again: it exists now, and says so
+    assert f"bucket 'bacalhau-results' exists at {minio.endpoint}" in capsys.readouterr().out
     with pytest.raises(ValueError):  # --only s3: no IPFS block
         load(IPFSNode, f"ipfs-{suffix}")
 
@@ -506,7 +511,8 @@ def test_setup_minio_blocks_reach_minio(
 @pytest.mark.usefixtures("prefect_server")
 def test_setup_without_credentials_uses_the_default_chain(setup_module: ModuleType) -> None:
     suffix = uuid.uuid4().hex[:8]
-    assert setup_module.main(["--only", "s3", "--only", "local"], _names(suffix)) == 0
+    no_aws = ["--no-create-buckets"]  # no endpoint means AWS itself: nothing may be sent there from here
+    assert setup_module.main(["--only", "s3", "--only", "local", *no_aws], _names(suffix)) == 0
     assert load(S3Storage, f"s3-{suffix}").credentials is None
     assert load(LocalResultServer, f"local-{suffix}").port == 6001
     documents = asyncio.run(_all_block_documents())

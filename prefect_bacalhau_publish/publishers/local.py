@@ -59,7 +59,7 @@ def publish(
             storage.mkdir(mode=0o700, parents=True, exist_ok=True)
             storage.chmod(0o700)  # whatever the umask, as Bacalhau creates it
     except OSError as exc:
-        raise LocalPublishError(f"cannot create the storage folder {storage}: {exc.strerror}") from exc
+        raise LocalPublishError(f"cannot create the storage folder {storage}: {exc.strerror}") from None
     info = _write(result_dir, storage, name)
     url = f"{server.base_url()}/{name}"
     logger.info(
@@ -110,11 +110,11 @@ def _write(result_dir: Path, storage: Path, name: str) -> ArchiveInfo:
     except LocalPublishError:
         raise
     except PublishError as exc:
-        raise LocalPublishError(f"local publish of {result_dir} failed: {exc}") from exc
+        raise LocalPublishError(f"local publish of {result_dir} failed: {exc}") from None
     except OSError as exc:
         raise LocalPublishError(
             f"local publish of {result_dir} into {storage} failed: {_explain(exc, storage)}"
-        ) from exc
+        ) from None
     finally:
         for temp in temps:
             with contextlib.suppress(OSError):

@@ -23,7 +23,7 @@ from ..archive import write_archive
 from ..blocks import S3Storage, S3Target
 from ..errors import S3PublishError
 from ..naming import render_key
-from ..s3errors import PUBLISH_ERRORS, error_code, is_denied, wrapped
+from ..s3errors import error_code, is_client_error, is_denied, wrapped
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 from .s3_plain import upload_files
 from .s3_stream import PartSink, upload_stream
@@ -54,7 +54,9 @@ def publish(
         else:
             count = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
-    except PUBLISH_ERRORS as exc:
+    except Exception as exc:
+        if not is_client_error(exc):
+            raise
         raise wrapped(
             S3PublishError, exc, action="publish to", bucket=params.bucket, key=key, endpoint=endpoint
         ) from None

@@ -23,4 +23,4 @@ def place(staging: Path, dest: Path) -> None:
     try:
         os.rename(staging, dest)
     except OSError as exc:
-        raise FetchError(f"could not move the fetched input into {dest}: {exc.strerror}") from exc
+        raise FetchError(f"could not move the fetched input into {dest}: {exc.strerror}") from None

@@ -61,7 +61,7 @@ def fetch(source: SourceSpec, dest: Path, target: LocalResultServer | None) -> P
             size = _materialise(url, Path(tmp), extract)
             place(Path(tmp) / "content", dest)
     except OSError as exc:
-        raise FetchError(f"cannot store {url} under {parent}: {exc.strerror or exc}") from exc
+        raise FetchError(f"cannot store {url} under {parent}: {exc.strerror or exc}") from None
     logger.info("fetched %s (%d bytes) into %s", url, size, dest)
     return dest
 
@@ -145,11 +145,11 @@ def _download(url: str, out: BinaryIO) -> int:
             f"cannot connect to {url}: {exc}. The result server may be down or have moved to another "
             "address: start it (prefect-bacalhau serve), or rewrite the URL with "
             "prefect_bacalhau_publish.server.readdress()"
-        ) from exc
+        ) from None
     except httpx.TimeoutException as exc:
-        raise FetchError(f"timed out downloading {url}: {exc!r}") from exc
+        raise FetchError(f"timed out downloading {url}: {exc!r}") from None
     except httpx.HTTPError as exc:
-        raise FetchError(f"downloading {url} failed: {exc!r}") from exc
+        raise FetchError(f"downloading {url} failed: {exc!r}") from None
     if state.digest is not None and state.sha.digest() != state.digest:
         raise ChecksumMismatchError(
             f"checksum mismatch for {url}: the downloaded bytes hash to sha-256 {state.sha.hexdigest()}, "
