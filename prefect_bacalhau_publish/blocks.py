@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 __all__ = ["IPFSNode", "LocalResultServer", "S3Storage", "S3Target"]
 
 _DOCS = "https://github.com/prefect-bacalhau-publish/prefect-bacalhau-publish/blob/main/README.md"
-_BACALHAU_LOGO = "https://docs.bacalhau.org/favicon.ico"
+_BACALHAU_LOGO = (
+    "https://raw.githubusercontent.com/bacalhau-project/bacalhau/9c06790d723ed8c76db798139a0c135739ed4e20"
+    "/docs/static/img/logo/Bacalhau-icon.svg"
+)
+_IPFS_LOGO = (
+    "https://raw.githubusercontent.com/ipfs/ipfs-docs/5ffa362d0fe7b393e25ea9bf0e73b1cdb752f2a2"
+    "/docs/.vuepress/public/images/ipfs-logo-text-black.svg"
+)
 MiB = 1024 * 1024
 _CLIENT_LOCK = threading.Lock()
 
@@ -54,6 +61,7 @@ class S3Storage(Block):
     )
     endpoint_url: str | None = Field(
         default=None,
+        title="Endpoint URL",
         description="S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO; empty means AWS.",
     )
     region_name: str | None = Field(default=None, description="Region of the buckets, e.g. us-east-1.")
@@ -230,12 +238,13 @@ class IPFSNode(Block):
     """
 
     _block_type_name = "Bacalhau IPFS Node"
-    _logo_url = "https://ipfs.tech/favicon.ico"  # type: ignore[assignment]
+    _logo_url = _IPFS_LOGO  # type: ignore[assignment]
     _documentation_url = f"{_DOCS}#ipfs"  # type: ignore[assignment]
     _description = "A Kubo (IPFS) node's RPC API for Bacalhau-style IPFS publishing."
 
     api_address: str = Field(
         default="/ip4/127.0.0.1/tcp/5001",
+        title="RPC API address",
         description="The node's RPC API as a multiaddr or an http(s):// URL.",
     )
     auth: SecretStr | None = Field(
@@ -243,11 +252,14 @@ class IPFSNode(Block):
         description="Authorization header value for the RPC API, e.g. 'Bearer TOKEN' or 'Basic ...'.",
     )
     gateway_url: str | None = Field(
-        default=None, description="HTTP gateway base URL used for links to published results."
+        default=None,
+        title="Gateway URL",
+        description="HTTP gateway base URL used for links to published results.",
     )
     pin: bool = Field(default=True, description="Pin published results on the node.")
     cid_profile: Literal["unixfs-v1-2025", "unixfs-v0-2015"] = Field(
         default="unixfs-v1-2025",
+        title="CID profile",
         description="Kubo import profile: unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks) or unixfs-v0-2015.",
     )
     timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for one RPC call.")

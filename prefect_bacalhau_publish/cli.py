@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,14 +115,6 @@ def _progress() -> Iterator[Callable[[str], None]]:
             yield lambda label: bar.update(task, description=label)
 
 
-@contextmanager
-def _staging(dest: Path) -> Iterator[Path]:
-    parent = dest.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.get-", dir=parent) as tmp:
-        yield Path(tmp)
-
-
 @app.command
 def get(
     source: str,
@@ -157,6 +149,7 @@ def get(
     local_block
         Name of a saved LocalResultServer block.
     """
+    from .sources.place import beside
     from .tasks import get_result
 
     results = resolve_sources(source)
@@ -164,7 +157,7 @@ def get(
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise FetchError(f"{dest} is not empty: choose another --output or pass --force to replace it")
     blocks = _blocks(s3_block, ipfs_block, local_block)
-    with _staging(dest) as tmp:
+    with beside(dest, f".{dest.name}.get-") as tmp:
         parts: list[Path] = []
         with _progress() as bar:
             for index, result in enumerate(results):
@@ -324,7 +317,7 @@ def readdress(old: str, new: str, files: list[Path]) -> None:
     files
         Published result spec files (JSON or YAML) to rewrite.
     """
-    from .server import readdress as rebase
+    from .readdress import readdress as rebase
     from .specs import load_result
 
     for path in files:
@@ -338,11 +331,21 @@ def readdress(old: str, new: str, files: list[Path]) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app; a known failure prints one line and exits 1."""
+    """Entry point: run the app; any failure prints one line and exits 1 (130 on Ctrl-C).
+
+    `PBP_DEBUG=1` shows the traceback of a failure that is not one of the package's own errors.
+    """
     try:
         app()
-    except (BacalhauPublishError, ValueError, OSError) as exc:
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False, highlight=False)
+        sys.exit(130)
+    except Exception as exc:
         line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        if not isinstance(exc, (BacalhauPublishError, ValueError, OSError)):
+            if os.environ.get("PBP_DEBUG"):
+                raise
+            line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
         err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PublishError
+from .errors import PublishError, SpecError
 from .publishers import publish_to
 from .sources import fetch_source
 from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath
@@ -46,7 +46,7 @@ def fetch_all(inputs: Sequence[InputSource], root: Path, **blocks: Any) -> dict[
     for index, target in enumerate(targets):
         for other in targets[index + 1 :]:
             if other == target or other.startswith(target + "/") or target.startswith(other + "/"):
-                raise PublishError(
+                raise SpecError(
                     f"input targets overlap: /{target} and /{other}; give each input its own Target"
                 )
     for source in inputs:

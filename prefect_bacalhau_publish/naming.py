@@ -1,10 +1,21 @@
-"""S3 key naming: Bacalhau's placeholders and suffix rules (SPEC §4)."""
+"""Result names: S3 keys with Bacalhau's placeholders and suffix rules (SPEC §4), and the file names of
+archives in the local result server's storage folder (and their `.sha256` sidecars)."""
 
 from __future__ import annotations
 
-from .specs import ExecutionContext
+import re
+
+from .context import ExecutionContext
 
 ARCHIVE_SUFFIX = ".tar.gz"
+SIDECAR_SUFFIX = ".sha256"
+ARCHIVE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.tar\.gz")
+"""A servable result name: letters, digits, `_`, `.`, `-`; not starting with `.`; at most 207 characters."""
+
+
+def is_archive_name(name: str) -> bool:
+    """True when `name` is a result archive's file name (and holds no `..`)."""
+    return ARCHIVE_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str:

@@ -10,26 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import stat
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from .naming import ARCHIVE_NAME, ARCHIVE_SUFFIX, SIDECAR_SUFFIX, is_archive_name
+
 __all__ = ["ARCHIVE_NAME", "ARCHIVE_SUFFIX", "SIDECAR_SUFFIX", "is_archive_name", "prune"]
 
 logger = logging.getLogger("prefect_bacalhau_publish.retention")
-
-ARCHIVE_SUFFIX = ".tar.gz"
-SIDECAR_SUFFIX = ".sha256"
-ARCHIVE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.tar\.gz")
-"""A servable result name: letters, digits, `_`, `.`, `-`; not starting with `.`; at most 207 characters."""
-
-
-def is_archive_name(name: str) -> bool:
-    """True when `name` is a result archive's file name (and holds no `..`)."""
-    return ARCHIVE_NAME.fullmatch(name) is not None and ".." not in name
 
 
 @dataclass(frozen=True)

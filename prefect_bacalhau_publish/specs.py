@@ -6,17 +6,10 @@ Keys are read case-insensitively (as Bacalhau's decoders do) and written in Baca
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import socket
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,7 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+from .context import ExecutionContext
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .parse import load_result, parse_input_string, parse_job_spec, parse_publisher_string
 
 __all__ = [
     "EmptyParams",
@@ -44,6 +41,8 @@ __all__ = [
     "SourceSpec",
     "TaskIO",
     "URLParams",
+    "load_result",
+    "parse_input_string",
     "parse_job_spec",
     "parse_publisher_string",
 ]
@@ -375,193 +374,17 @@ class TaskIO(BacalhauModel):
     result_paths: list[ResultPath] = Field(default_factory=list, alias="ResultPaths")
 
 
-class ExecutionContext(BaseModel):
-    """Who published and when: fills the key placeholders (SPEC §1, §4)."""
+# ----------------------------------------------------------------------------- parsers, re-exported
 
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    execution_id: str
-    node_id: str
-    published_at: datetime
-
-    @field_validator("published_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    @classmethod
-    def new(
-        cls,
-        *,
-        job_id: str | None = None,
-        execution_id: str | None = None,
-        node_id: str | None = None,
-        published_at: datetime | None = None,
-    ) -> Self:
-        """A context with SPEC §1 defaults for whatever is not given, outside any Prefect run."""
-        return cls(
-            job_id=job_id or f"j-{uuid.uuid4()}",
-            execution_id=execution_id or f"e-{uuid.uuid4()}",
-            node_id=node_id or f"n-{socket.gethostname()}",
-            published_at=published_at or datetime.now(UTC),
-        )
-
-    @classmethod
-    def current(cls, **overrides: Any) -> Self:
-        """A context for the running Prefect task: job = `j-<task run id>`, a fresh execution per attempt."""
-        job_id = overrides.pop("job_id", None)
-        if job_id is None:
-            from prefect.context import TaskRunContext
-
-            ctx = TaskRunContext.get()
-            if ctx is not None:
-                job_id = f"j-{ctx.task_run.id}"
-        return cls.new(job_id=job_id, **overrides)
+_PARSERS = frozenset({"load_result", "parse_input_string", "parse_job_spec", "parse_publisher_string"})
 
 
-# ------------------------------------------------------------------------------------------ parsers
+def __getattr__(name: str) -> Any:
+    """The readers that moved to `parse`, imported on first use (parse imports this module)."""
+    if name in _PARSERS:
+        from . import parse
 
-
-def parse_publisher_string(text: str) -> PublisherSpec:
-    """Read Bacalhau's CLI `-p` syntax: `ipfs`, `local`, `s3://bucket/key,opt=endpoint=...,opt=region=...`."""
-    try:
-        fields = next(csv.reader([text.strip()]))
-    except (csv.Error, StopIteration) as exc:
-        raise SpecError(f"invalid publisher: {text!r}: {exc}") from None
-    destination = ""
-    options: dict[str, str] = {}
-    for index, field in enumerate(fields):
-        if "=" not in field:
-            if index == 0:
-                destination = field
-                continue
-            raise SpecError(f"invalid publisher option: {field}. Must be a key=value pair")
-        name, value = field.split("=", 1)
-        if name in ("target", "dst", "destination"):
-            destination = value
-        elif name in ("opt", "option"):
-            if "=" not in value:
-                raise SpecError(f"invalid publisher option: {field}. Must be opt=key=value")
-            key, option_value = value.split("=", 1)
-            options[key] = option_value
-        else:
-            raise SpecError(f"invalid publisher option: {field}")
-    parsed = urlparse(destination)
-    scheme = (parsed.scheme or destination).lower()
-    params: dict[str, Any] = {}
-    if scheme == "s3":
-        params["bucket"] = parsed.netloc
-        params["key"] = parsed.path.lstrip("/")
-    elif scheme not in ("ipfs", "local"):
-        raise SpecError(
-            f"unknown publisher type: {scheme or destination!r}; supported: s3://bucket/key, ipfs, local"
-        )
-    params.update(options)
-    try:
-        return PublisherSpec.model_validate({"Type": scheme, "Params": params})
-    except ValidationError as exc:
-        raise SpecError(describe(exc)) from None
-
-
-def parse_input_string(text: str, target: str | None = None) -> InputSource:
-    """Read Bacalhau's CLI `-i` syntax: `s3://bucket/key[,opt=k=v...][,dst=/inputs/x]`, `ipfs://CID`, URL."""
-    fields = next(csv.reader([text.strip()]))
-    uri, options = fields[0], {}
-    for field in fields[1:]:
-        name, _, value = field.partition("=")
-        if name in ("target", "dst", "destination"):
-            target = value
-        elif name in ("opt", "option") and "=" in value:
-            key, option_value = value.split("=", 1)
-            options[key] = option_value
-        else:
-            raise SpecError(f"invalid input option: {field}")
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        params: dict[str, Any] = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/"), **options}
-        kind = "s3"
-    elif parsed.scheme == "ipfs":
-        params, kind = {"CID": parsed.netloc or parsed.path.lstrip("/"), **options}, "ipfs"
-    elif parsed.scheme in ("http", "https"):
-        params, kind = {"URL": uri, **options}, "urlDownload"
-    else:
-        raise SpecError(f"unknown input source: {uri!r}; supported: s3://, ipfs://, http(s)://")
-    try:
-        return InputSource.model_validate(
-            {"Source": {"Type": kind, "Params": params}, "Target": target or "/inputs"}
-        )
-    except ValidationError as exc:
-        raise SpecError(describe(exc)) from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error in one line: the problem and where."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
-
-
-def _get(mapping: Mapping[str, Any], name: str) -> Any:
-    for key, value in mapping.items():
-        if str(key).lower() == name.lower():
-            return value
-    return None
-
-
-def parse_job_spec(text: str) -> dict[str, TaskIO]:
-    """Read the Publisher / InputSources / ResultPaths of each task of a Bacalhau v1 job spec (YAML or JSON)."""
-    try:
-        document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"job spec is neither valid JSON nor YAML: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"job spec is neither valid JSON nor YAML: {_yaml_problem(exc)}") from None
-    if not isinstance(document, Mapping):
-        raise SpecError("job spec must be a mapping with a Tasks list")
-    job = _get(document, "Job") if _get(document, "Tasks") is None else document
-    tasks = _get(job, "Tasks") if isinstance(job, Mapping) else None
-    if not isinstance(tasks, list) or not tasks:
-        raise SpecError("job spec has no Tasks")
-    out: dict[str, TaskIO] = {}
-    for index, task in enumerate(tasks):
-        if not isinstance(task, Mapping):
-            raise SpecError(f"Tasks[{index}] must be a mapping")
-        name = _get(task, "Name") or f"task-{index}"
-        if name in out:
-            raise SpecError(f"Tasks[{index}]: task name {name!r} is used twice")
-        try:
-            io = TaskIO.model_validate(
-                {
-                    "Publisher": _get(task, "Publisher") or None,
-                    "InputSources": _get(task, "InputSources") or [],
-                    "ResultPaths": _get(task, "ResultPaths") or [],
-                }
-            )
-        except ValidationError as exc:
-            raise SpecError(f"Tasks[{index}] ({name}): {describe(exc)}") from None
-        names = [p.name for p in io.result_paths]
-        if len(set(names)) != len(names):
-            raise SpecError(f"Tasks[{index}] ({name}): ResultPaths names must be unique")
-        out[str(name)] = io
-    return out
-
-
-def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> PublishedResult:
-    """A published result from a JSON/YAML text, a file path holding one, or an already-parsed object."""
-    if isinstance(obj, Mapping):
-        data: Any = obj
-    else:
-        if isinstance(obj, os.PathLike):
-            with open(obj, encoding="utf-8") as handle:
-                text = handle.read()
-        else:
-            text = obj.decode() if isinstance(obj, bytes) else obj
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from None
-    try:
-        return PublishedResult.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"invalid published result: {describe(exc)}") from None
+        value = getattr(parse, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

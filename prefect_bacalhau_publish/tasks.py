@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from .artifacts import artifact_key, load_artifact_result, record_result
 from .blocks import IPFSNode, LocalResultServer, S3Storage, S3Target
 from .errors import FetchError, PublishError
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all
+from .presign import presign
 from .publishers import publish_to
 from .s3errors import is_transient
 from .sources import fetch_source
-from .sources.place import place
-from .sources.s3 import presign
+from .sources.place import beside, place
 from .specs import (
     ExecutionContext,
     InputSource,
@@ -55,12 +54,14 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
 
 
 def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec:
-    """A PublisherSpec from itself, its Bacalhau JSON object, or Bacalhau's CLI syntax (`s3://b/k,opt=...`)."""
+    """A PublisherSpec from itself, its Bacalhau JSON object, or Bacalhau's CLI syntax; SpecError if malformed."""
+    from .parse import validate_spec
+
     if isinstance(spec, PublisherSpec):
         return spec
     if isinstance(spec, str):
         return parse_publisher_string(spec)
-    return PublisherSpec.model_validate(spec)
+    return validate_spec(PublisherSpec, spec, "invalid publisher")
 
 
 def _presign(result: PublishedResult, s3: S3Target | None) -> str | None:
@@ -195,20 +196,14 @@ def get_result(
         signed = presign(spec.params, S3Storage.coerce(s3))
         spec = PublishedResult.model_validate({"Type": "s3PreSigned", "Params": signed})
     source = spec.to_input_source("/result").source
-    with tempfile.TemporaryDirectory(prefix=".pbp-get-", dir=_parent(dest)) as tmp:
-        staging = Path(tmp) / "result"
+    with beside(dest, ".pbp-get-") as tmp:
+        staging = tmp / "result"
         fetch_source(source, staging, s3=s3, ipfs=ipfs, local=local)
         if not staging.is_dir():
             raise FetchError(f"{spec.type} result did not materialise as a folder")
         place(staging, dest)
     _logger().info("got %s result into %s", spec.type, dest)
     return dest
-
-
-def _parent(dest: Path) -> Path:
-    parent = dest.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
 
 
 @task(

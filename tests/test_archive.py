@@ -32,6 +32,10 @@ from prefect_bacalhau_publish.archive import (
     extract_archive,
     write_archive,
 )
+from prefect_bacalhau_publish.archive import checks as archive_checks
+from prefect_bacalhau_publish.archive import codec as archive_codec
+from prefect_bacalhau_publish.archive import extract as archive_extract
+from prefect_bacalhau_publish.archive import write as archive_write
 from prefect_bacalhau_publish.errors import FetchError, PublishError, UnsafeArchiveError
 
 from .tarkit import member, tar_gz
@@ -353,14 +357,14 @@ def test_write_refuses_a_file_that_changes_size_while_archived(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = make_tree(tmp_path / "src", {"grows": b"x" * 100, "shrinks": b"y" * 100})
-    real_scan = archive._scan
+    real_scan = archive_write._scan
 
     def scan_then_change(root: str) -> Any:
         entries = real_scan(root)
         (src / "shrinks").write_bytes(b"y" * 10)
         return entries
 
-    monkeypatch.setattr(archive, "_scan", scan_then_change)
+    monkeypatch.setattr(archive_write, "_scan", scan_then_change)
     with pytest.raises(PublishError, match="shrinks changed size"):
         archive_digest(src)
     (src / "shrinks").write_bytes(b"y" * 100)
@@ -370,7 +374,7 @@ def test_write_refuses_a_file_that_changes_size_while_archived(
         (src / "grows").write_bytes(b"x" * 101)
         return entries
 
-    monkeypatch.setattr(archive, "_scan", scan_then_grow)
+    monkeypatch.setattr(archive_write, "_scan", scan_then_grow)
     with pytest.raises(PublishError, match="grows changed size"):
         archive_digest(src)
 
@@ -601,7 +605,7 @@ def test_property_symlinks_judged_inside_really_stay_inside(links: dict[str, str
             (root / name).symlink_to(target)
         real_root = os.path.realpath(root)
         for name, target in links.items():
-            if archive._link_problem(links, name, target) is None:
+            if archive_checks._link_problem(links, name, target) is None:
                 resolved = os.path.realpath(root / name)
                 assert resolved == real_root or resolved.startswith(real_root + os.sep), (name, links)
 
@@ -833,7 +837,7 @@ def test_byte_cap_counts_across_members_while_streaming(area: Path) -> None:
 
 
 def test_reader_refuses_to_inflate_past_its_allowance() -> None:
-    reader = archive._GunzipReader(io.BytesIO(gzip.compress(bytes(50 << 20), compresslevel=1)))
+    reader = archive_extract._GunzipReader(io.BytesIO(gzip.compress(bytes(50 << 20), compresslevel=1)))
     reader.allow(3 << 20, "too much")
     got = 0
     with pytest.raises(UnsafeArchiveError, match="too much"):
@@ -921,8 +925,8 @@ def test_zlib_inflater_is_used_without_isal(
     sample: Path, area: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = archive_bytes(sample, compressor="zlib")
-    monkeypatch.setattr(archive, "HAVE_ISAL", False)
-    assert type(archive._inflater()) is type(zlib.decompressobj(31))
+    monkeypatch.setattr(archive_codec, "HAVE_ISAL", False)
+    assert type(archive_codec._inflater()) is type(zlib.decompressobj(31))
     with pytest.raises(ValueError, match="isal"):
         archive_digest(sample, compressor="isal")
     extract_archive(io.BytesIO(data), area / "ok")

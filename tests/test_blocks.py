@@ -618,3 +618,13 @@ def test_prefect_aws_blocks_stand_for_s3_storage() -> None:
     assert S3Storage.coerce(None).credentials is None
     with pytest.raises(TypeError, match="expected an S3Storage, S3Bucket"):
         S3Storage.coerce("not a block")  # type: ignore[arg-type]
+
+
+def test_blocks_read_well_in_the_ui() -> None:
+    """Titles where the generated ones read badly, and logos a browser renders (not favicons)."""
+    fields = IPFSNode.model_json_schema()["properties"]
+    assert fields["api_address"]["title"] == "RPC API address"
+    assert fields["cid_profile"]["title"] == "CID profile"
+    assert S3Storage.model_json_schema()["properties"]["endpoint_url"]["title"] == "Endpoint URL"
+    for block in (S3Storage, IPFSNode, LocalResultServer):
+        assert str(block._logo_url).endswith((".svg", ".png")), block

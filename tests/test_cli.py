@@ -187,3 +187,19 @@ def test_serve_get_readdress_prune_local(result_dir: Path, tmp_path: Path) -> No
     assert [p for p in storage.iterdir() if p.name.endswith(".tar.gz")] == []
     refused = cli("prune", "--storage-dir", str(storage))
     assert refused.returncode == 1 and "nothing to prune by" in refused.stderr
+
+
+def test_unreachable_prefect_api_is_one_line(tmp_path: Path) -> None:
+    from prefect_bacalhau_publish.testing import free_port
+
+    env = {
+        "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nothing listens there
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_CLIENT_MAX_RETRIES": "0",
+    }
+    done = cli("get", "some-artifact-key", "-o", str(tmp_path / "out"), "--s3-block", "nope", env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert not (tmp_path / "out").exists()

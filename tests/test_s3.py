@@ -307,7 +307,7 @@ def test_get_through_presigned_url(tmp_path: Path, minio: MinioServer, bucket: s
 def test_s3_presigned_spec_needs_no_credentials(
     result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:
-    from prefect_bacalhau_publish.sources.s3 import presign
+    from prefect_bacalhau_publish.presign import presign
 
     result = publish_to(result_dir, s3_spec(bucket, "nocreds"), CTX, s3=s3_storage)
     assert isinstance(result.params, S3Params)

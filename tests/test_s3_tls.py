@@ -98,7 +98,7 @@ def test_presigned_get_without_the_ca_is_refused_clearly(
 ) -> None:
     trusted = storage_with(tls_minio, AwsClientParameters(verify_cert_path=tls_minio.ca_file))
     published = publish_to(result_dir, spec("gzip"), ExecutionContext.new(), s3=trusted)
-    from prefect_bacalhau_publish.sources.s3 import presign
+    from prefect_bacalhau_publish.presign import presign
 
     signed = presign(published.params, trusted)  # type: ignore[arg-type]
     as_spec = {"Type": "s3PreSigned", "Params": signed.model_dump(by_alias=True, exclude_none=True)}

@@ -147,11 +147,32 @@ def test_range_416(server: str, blob: bytes, header: str) -> None:
     assert response.headers["content-range"] == f"bytes */{len(blob)}"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "items=0-1", "bytes=9-3", "bytes=x-y"])
+@pytest.mark.parametrize("header", ["items=0-1", "bytes=9-3", "bytes=x-y", "bytes=0-1,x-y"])
 def test_ignored_range_sends_whole_file(server: str, blob: bytes, header: str) -> None:
     with client() as http:
         response = http.get(f"{server}/e-blob.tar.gz", headers={"Range": header})
     assert response.status_code == 200 and response.content == blob
+
+
+def test_multiple_ranges_are_multipart_byteranges(server: str, blob: bytes) -> None:
+    """Several ranges get RFC 9110's `multipart/byteranges` answer (Starlette's FileResponse)."""
+    import email.parser
+
+    with client() as http:
+        response = http.get(f"{server}/e-blob.tar.gz", headers={"Range": "bytes=0-1,300000-300009,-5"})
+    assert response.status_code == 206
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    message = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + response.content
+    )
+    parts = [(p["Content-Range"], p.get_payload(decode=True)) for p in message.get_payload()]
+    size = len(blob)
+    assert parts == [
+        (f"bytes 0-1/{size}", blob[0:2]),
+        (f"bytes 300000-300009/{size}", blob[300000:300010]),
+        (f"bytes {size - 5}-{size - 1}/{size}", blob[-5:]),
+    ]
 
 
 def test_empty_file(server: str, storage: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..archive import ArchiveInfo, write_archive
 from ..blocks import LocalResultServer
 from ..errors import LocalPublishError, PublishError
-from ..retention import ARCHIVE_SUFFIX, SIDECAR_SUFFIX, is_archive_name
+from ..naming import ARCHIVE_SUFFIX, SIDECAR_SUFFIX, is_archive_name
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 
 __all__ = ["archive_name", "publish"]

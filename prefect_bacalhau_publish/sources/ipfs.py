@@ -7,8 +7,6 @@ into place only when complete; on any failure `dest` is left as it was.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,15 +19,9 @@ from ..kubo.export import export_dag
 from ..kubo.rpc import KuboClient
 from ..progress import advance
 from ..specs import IPFSParams, SourceSpec
+from .place import check_dest, place
 
 __all__ = ["fetch", "fetch_cid"]
-
-
-def _check_dest(dest: Path) -> None:
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise FetchError(f"destination {dest} already exists and is not an empty folder")
-    if dest.is_dir() and any(dest.iterdir()):
-        raise FetchError(f"destination {dest} is not empty")
 
 
 def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
@@ -37,20 +29,6 @@ def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
         for chunk in chunks:
             handle.write(chunk)
             advance(len(chunk))
-
-
-def _place(built: Path, dest: Path) -> None:
-    """Move the finished tree onto `dest` (replacing an empty folder there)."""
-    was_empty_dir = dest.is_dir()
-    if was_empty_dir:
-        dest.rmdir()
-    try:
-        os.replace(built, dest)
-    except OSError as exc:
-        if was_empty_dir:
-            with contextlib.suppress(OSError):
-                dest.mkdir()
-        raise FetchError(f"cannot move the fetched result into {dest}: {exc}") from None
 
 
 def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
@@ -61,7 +39,7 @@ def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
     except ValueError as exc:
         raise FetchError(str(exc)) from None
     dest = Path(dest)
-    _check_dest(dest)
+    check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.ipfs-", dir=dest.parent))
     try:
@@ -73,7 +51,7 @@ def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
                 roots = ", ".join(map(str, store.roots)) or "nothing"
                 raise FetchError(f"the CAR from {client.api_url} is rooted at {roots}, not at {root}")
             export_dag(store, root, work / "out")
-        _place(work / "out", dest)
+        place(work / "out", dest)
     except OSError as exc:
         raise FetchError(f"cannot write the content of {cid} under {dest.parent}: {exc}") from None
     finally:

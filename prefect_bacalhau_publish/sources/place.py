@@ -1,26 +1,53 @@
-"""Move a fully fetched and verified staging folder into its destination, atomically."""
+"""Where fetched inputs and results land: a staging folder beside the destination, then one atomic rename.
+
+Every fetch (S3, URL, IPFS, `get_result`, the CLI's `get`) stages its content in `beside(dest)`, which is
+on the destination's filesystem, and moves it into place with `place()` only once it is complete and
+verified, so readers see either nothing or the whole input; a failed fetch leaves `dest` as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import FetchError
+
+__all__ = ["beside", "check_dest", "place"]
+
+
+def check_dest(dest: Path) -> None:
+    """Refuse a destination that is not absent or an empty folder (before any byte is fetched)."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise FetchError(f"destination {dest} exists and is not a folder: remove it or choose another path")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise FetchError(f"destination {dest} is not empty: empty it or choose another path")
+
+
+@contextlib.contextmanager
+def beside(dest: Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder next to `dest` (its parent is created), removed when the block ends."""
+    parent = dest.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+        yield Path(tmp)
 
 
 def place(staging: Path, dest: Path) -> None:
     """Rename `staging` to `dest`; `dest` must not exist or be an empty folder (it is then replaced).
 
-    `staging` must be on the same filesystem (callers create it beside `dest`), so the rename is atomic:
-    readers see either nothing or the whole input.
+    `staging` must be on the same filesystem (`beside`), so the rename is atomic.
     """
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise FetchError(f"destination {dest} exists and is not a folder: remove it or choose another path")
-    if dest.is_dir():
-        if any(dest.iterdir()):
-            raise FetchError(f"destination {dest} is not empty: empty it or choose another path")
+    check_dest(dest)
+    was_empty_dir = dest.is_dir()
+    if was_empty_dir:
         dest.rmdir()
     try:
         os.rename(staging, dest)
     except OSError as exc:
+        if was_empty_dir:
+            with contextlib.suppress(OSError):
+                dest.mkdir()
         raise FetchError(f"could not move the fetched input into {dest}: {exc.strerror}") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,7 +19,7 @@ from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..progress import advance
 from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
-from .place import place
+from .place import beside, place
 from .tail import extract_while_downloading
 
 if TYPE_CHECKING:
@@ -52,8 +51,8 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
     endpoint = params.endpoint or storage.endpoint_url
     client = storage.get_client(params.endpoint, params.region)
     try:
-        with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
-            staging = Path(tmp) / "content"
+        with beside(dest, ".s3-input-") as tmp:
+            staging = tmp / "content"
             staging.mkdir()
             objects = _explode_key(client, params)
             if params.extract and not params.is_prefix:
@@ -62,7 +61,7 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
                         f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
                     )
                 extract_while_downloading(
-                    Path(tmp) / "archive.tar.gz",
+                    tmp / "archive.tar.gz",
                     lambda out: download_verified(
                         client, params.bucket, objects[0], out, params.checksum_sha256
                     ),
@@ -82,9 +81,9 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
 def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) -> Path:
     """Download through the presigned URL (no credentials needed), verify ChecksumSHA256, place or extract."""
     name = PurePosixPath(params.key).name or "object"
-    with tempfile.TemporaryDirectory(prefix=".s3-input-", dir=_parent(dest)) as tmp:
-        staging = Path(tmp) / "content"
-        download = Path(tmp) / "download"
+    with beside(dest, ".s3-input-") as tmp:
+        staging = tmp / "content"
+        download = tmp / "download"
         if params.extract:
             extract_while_downloading(download, lambda out: _download_presigned(params, out, verify), staging)
         else:
@@ -133,24 +132,6 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
         raise ChecksumMismatchError(
             f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
         )
-
-
-def presign(result: S3Params, storage: S3Storage) -> S3PreSignedParams:
-    """Turn an archived S3 result into Bacalhau's `s3PreSigned` form, as its requester does for `get`."""
-    client = storage.get_client(result.endpoint, result.region)
-    request: dict[str, Any] = {"Bucket": result.bucket, "Key": result.key}
-    if result.version_id:
-        request["VersionId"] = result.version_id
-    url = client.generate_presigned_url(
-        "get_object", Params=request, ExpiresIn=int(storage.presign_expiry.total_seconds())
-    )
-    return S3PreSignedParams.model_validate({**result.to_bacalhau(), "PreSignedURL": url})
-
-
-def _parent(dest: Path) -> Path:
-    parent = dest.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
 
 
 def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:

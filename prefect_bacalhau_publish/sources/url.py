@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +25,7 @@ from ..blocks import LocalResultServer
 from ..errors import ChecksumMismatchError, FetchError
 from ..progress import advance
 from ..specs import SourceSpec, URLParams
-from .place import place
+from .place import beside, check_dest, place
 from .tail import extract_while_downloading
 
 __all__ = ["RESUMES", "expected_sha256", "fetch", "file_name"]
@@ -50,16 +49,12 @@ def fetch(source: SourceSpec, dest: Path, target: LocalResultServer | None) -> P
     url = params.url
     path = urlparse(url).path
     extract = params.extract if params.extract is not None else path.endswith((".tar.gz", ".tgz"))
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FetchError(
-            f"destination {dest} exists and is not an empty folder: remove it or choose another path"
-        )
+    check_dest(dest)
     parent = dest.absolute().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".url-input-", dir=parent) as tmp:
-            size = _materialise(url, Path(tmp), extract)
-            place(Path(tmp) / "content", dest)
+        with beside(dest, ".url-input-") as tmp:
+            size = _materialise(url, tmp, extract)
+            place(tmp / "content", dest)
     except OSError as exc:
         raise FetchError(f"cannot store {url} under {parent}: {exc.strerror or exc}") from None
     logger.info("fetched %s (%d bytes) into %s", url, size, dest)
@@ -144,7 +139,7 @@ def _download(url: str, out: BinaryIO) -> int:
         raise FetchError(
             f"cannot connect to {url}: {exc}. The result server may be down or have moved to another "
             "address: start it (prefect-bacalhau serve), or rewrite the URL with "
-            "prefect_bacalhau_publish.server.readdress()"
+            "prefect_bacalhau_publish.readdress.readdress()"
         ) from None
     except httpx.TimeoutException as exc:
         raise FetchError(f"timed out downloading {url}: {exc!r}") from None
