@@ -21,9 +21,11 @@ __all__ = ["beside", "check_dest", "place"]
 def check_dest(dest: Path) -> None:
     """Refuse a destination that is not absent or an empty folder (before any byte is fetched)."""
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise FetchError(f"destination {dest} exists and is not a folder: remove it or choose another path")
+        raise FetchError(
+            f"destination {dest} exists and is not an empty folder (it is a file): remove it or choose another path"
+        )
     if dest.is_dir() and any(dest.iterdir()):
-        raise FetchError(f"destination {dest} is not empty: empty it or choose another path")
+        raise FetchError(f"destination {dest} is not an empty folder: empty it or choose another path")
 
 
 @contextlib.contextmanager
