@@ -352,6 +352,13 @@ class LocalResultServer(Block):
         default=60.0, gt=0, description="Seconds between retention passes of a running result server."
     )
 
+    @field_validator("max_age")
+    @classmethod
+    def _non_negative_age(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
     def resolved_address(self) -> str:
         """The host that goes into result URLs: a given name/IP, or the first IPv4 of an address type."""
         value = (self.public_address or "127.0.0.1").strip()

@@ -221,11 +221,21 @@ def publish(
 
 
 def _local_config(block: str | None, **overrides: Any) -> Any:
+    from pydantic import ValidationError
+
     from .blocks import LocalResultServer
 
     config = cast(LocalResultServer, LocalResultServer.load(block)) if block else LocalResultServer()
     changes = {name: value for name, value in overrides.items() if value is not None}
-    return config.model_copy(update=changes) if changes else config
+    if not changes:
+        return config
+    try:  # validated like the block itself: a negative size or age is refused, never applied
+        return LocalResultServer.model_validate({**config.model_dump(exclude_unset=True), **changes})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        raise ValueError(f"invalid setting: {problems}") from None
 
 
 @app.command
@@ -289,6 +299,10 @@ def prune(
         max_age=timedelta(hours=max_age_hours) if max_age_hours is not None else None,
         max_total_bytes=max_total_bytes,
     )
+    if not Path(config.storage_dir).is_dir():
+        raise FetchError(
+            f"storage folder {config.storage_dir} does not exist or is not a folder: check --storage-dir"
+        )
     if config.max_age is None and config.max_total_bytes is None:
         raise FetchError(
             "nothing to prune by: give --max-age-hours or --max-total-bytes (or set them on the block)"

@@ -3,9 +3,13 @@ archives in the local result server's storage folder (and their `.sha256` sideca
 
 from __future__ import annotations
 
+import logging
 import re
 
 from .context import ExecutionContext
+
+logger = logging.getLogger("prefect_bacalhau_publish.naming")
+_BRACED = re.compile(r"\{[^{}/]*\}")
 
 ARCHIVE_SUFFIX = ".tar.gz"
 SIDECAR_SUFFIX = ".sha256"
@@ -23,7 +27,8 @@ def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str
 
     An archived result's key gets `.tar.gz` appended unless it already ends so; a plain result's key gets
     a trailing `/`. `{date}` (YYYYMMDD) and `{time}` (HHMMSS) come from `context.published_at` in UTC.
-    Any other `{...}` text, including a wrongly-cased placeholder, is left as written.
+    Any other `{...}` text, including a wrongly-cased placeholder, is left as written (as Bacalhau does),
+    with one warning naming it, so a typo does not silently overwrite one literal key on every run.
     """
     key = pattern
     if archive and not key.endswith(ARCHIVE_SUFFIX):
@@ -38,6 +43,16 @@ def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str
         "{date}": instant.strftime("%Y%m%d"),
         "{time}": instant.strftime("%H%M%S"),
     }
+    for name in sorted(set(_BRACED.findall(pattern)) - set(replacements)):
+        known = {p.lower(): p for p in replacements}
+        hint = f"; did you mean {known[name.lower()]}?" if name.lower() in known else ""
+        logger.warning(
+            "key %r: %s is not a placeholder and is kept as written (placeholders: %s)%s",
+            pattern,
+            name,
+            ", ".join(replacements),
+            hint,
+        )
     for placeholder, value in replacements.items():
         key = key.replace(placeholder, value)
     return key

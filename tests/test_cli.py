@@ -203,3 +203,28 @@ def test_unreachable_prefect_api_is_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-age-hours", "-1"], "max_age: Value error, must not be negative"),
+        (["--max-total-bytes", "-1"], "max_total_bytes: Input should be greater than or equal to 0"),
+    ],
+)
+def test_prune_refuses_negative_overrides_and_deletes_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    storage = tmp_path / "results"
+    storage.mkdir()
+    (storage / "e-keep.tar.gz").write_bytes(b"kept")
+    done = cli("prune", "--storage-dir", str(storage), *args)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (storage / "e-keep.tar.gz").read_bytes() == b"kept"
+
+
+def test_prune_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    done = cli("prune", "--storage-dir", str(tmp_path / "nope"), "--max-age-hours", "1")
+    assert done.returncode == 1
+    assert "does not exist or is not a folder: check --storage-dir" in done.stderr

@@ -325,3 +325,23 @@ def test_s3_publisher_params_are_frozen_models() -> None:
     params = S3PublisherParams.model_validate({"bucket": "b", "key": "k"})
     with pytest.raises(ValidationError):
         params.bucket = "x"  # type: ignore[misc]
+
+
+def test_unknown_placeholders_are_kept_with_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from prefect_bacalhau_publish.naming import render_key
+    from prefect_bacalhau_publish.specs import ExecutionContext
+
+    context = ExecutionContext.new(job_id="j-1")
+    with caplog.at_level(logging.WARNING, logger="prefect_bacalhau_publish.naming"):
+        key = render_key("ph/{bogus}/{jobid}/{jobID}", context=context, archive=True)
+    assert key == "ph/{bogus}/{jobid}/j-1.tar.gz"  # as Bacalhau writes it
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "{bogus} is not a placeholder" in warnings[0] and "did you mean" not in warnings[0]
+    assert "{jobid} is not a placeholder" in warnings[1] and "did you mean {jobID}?" in warnings[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prefect_bacalhau_publish.naming"):
+        render_key("runs/{date}/{time}/{nodeID}/{executionID}", context=context, archive=False)
+    assert caplog.records == []
