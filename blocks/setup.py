@@ -240,15 +240,17 @@ def create_buckets(storage: Any, buckets: Sequence[str], *, echo: Callable[[str]
     """Create each bucket that does not exist yet at the S3 block's endpoint, saying what it did."""
     from botocore.exceptions import ClientError
 
+    from prefect_bacalhau_publish.s3errors import error_code
+
     client = storage.get_client()
-    where = storage.resolve()[0] or "AWS"
+    endpoint, region = storage.resolve()
+    where = endpoint or "AWS"
     for bucket in buckets:
         try:
             client.head_bucket(Bucket=bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
-            region = storage.resolve()[1]
             extra = (
                 {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             )

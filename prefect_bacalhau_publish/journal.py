@@ -92,10 +92,9 @@ def pending(endpoint: str | None, bucket: str) -> list[tuple[str, str]]:
 
 def forget(endpoint: str | None, bucket: str, upload_id: str) -> None:
     """The upload was aborted (or is gone)."""
+    done = {"endpoint": endpoint or "", "bucket": bucket, "upload_id": upload_id}
     with _locked() as entries:
-        for entry in [e for e in entries if _same(e, {"endpoint": endpoint or "", "bucket": bucket})]:
-            if entry.get("upload_id") == upload_id:
-                entries.remove(entry)
+        entries[:] = [e for e in entries if not _same(e, done)]
 
 
 def _same(entry: dict[str, Any], other: dict[str, Any]) -> bool:

@@ -43,8 +43,8 @@ def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str
         "{date}": instant.strftime("%Y%m%d"),
         "{time}": instant.strftime("%H%M%S"),
     }
+    known = {p.lower(): p for p in replacements}
     for name in sorted(set(_BRACED.findall(pattern)) - set(replacements)):
-        known = {p.lower(): p for p in replacements}
         hint = f"; did you mean {known[name.lower()]}?" if name.lower() in known else ""
         logger.warning(
             "key %r: %s is not a placeholder and is kept as written (placeholders: %s)%s",

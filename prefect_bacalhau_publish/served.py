@@ -222,7 +222,7 @@ class _FdReader:
 
 class ArchiveResponse(FileResponse):
     """Starlette's `FileResponse` (HEAD, single and multiple ranges, `If-Range`, 416, disconnects) over an
-    archive opened safely by `_open_archive`; closes the descriptor when done and marks the download as in
+    archive opened safely by `open_archive`; closes the descriptor when done and marks the download as in
     progress for retention."""
 
     chunk_size = CHUNK
@@ -275,6 +275,7 @@ def _usable_range(scope: Scope, info: os.stat_result | None) -> list[tuple[bytes
 
 
 def archive_headers(name: str, info: os.stat_result, digest: str) -> dict[str, str]:
+    """The headers of every answer for an archive: its SHA-256 as ETag and digests, type, file name."""
     raw = base64.b64encode(bytes.fromhex(digest)).decode()
     return {
         "accept-ranges": "bytes",

@@ -16,6 +16,7 @@ from .artifacts import artifact_key, load_artifact_result, record_result
 from .blocks import IPFSNode, LocalResultServer, S3Storage, S3Target
 from .errors import FetchError, PublishError
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all
+from .parse import validate_spec
 from .presign import presign
 from .publishers import publish_to
 from .s3errors import is_transient
@@ -55,8 +56,6 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
 
 def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec:
     """A PublisherSpec from itself, its Bacalhau JSON object, or Bacalhau's CLI syntax; SpecError if malformed."""
-    from .parse import validate_spec
-
     if isinstance(spec, PublisherSpec):
         return spec
     if isinstance(spec, str):

@@ -70,15 +70,18 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _wait_ready(
+def wait_ready(
     name: str,
     proc: subprocess.Popen[bytes],
     log: Path,
     probe: httpx.Request,
     ready: int = 200,
     verify: ssl.SSLContext | bool = True,
+    timeout: float = STARTUP_TIMEOUT,
 ) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    """Poll `probe` until it answers `ready`; raises ServerStartError (with the log's tail) when `proc`
+    exits first or `timeout` seconds pass, and kills `proc` then."""
+    deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -88,7 +91,7 @@ def _wait_ready(
                     return
             time.sleep(0.1)  # poll interval, not synchronisation: readiness is the health answer
     proc.kill()
-    raise ServerStartError(f"{name} not ready after {STARTUP_TIMEOUT:.0f}s:\n{_log_tail(log)}")
+    raise ServerStartError(f"{name} not ready after {timeout:.0f}s:\n{_log_tail(log)}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -157,7 +160,7 @@ class MinioServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         probe = httpx.Request("GET", f"{self.endpoint}/minio/health/live")
         verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file is not None else True
-        _wait_ready("MinIO", self.proc, self.log_path, probe, verify=verify)
+        wait_ready("MinIO", self.proc, self.log_path, probe, verify=verify)
         return self
 
     def stop(self) -> None:
@@ -280,7 +283,7 @@ class KuboServer:
         self.gateway_url = f"http://127.0.0.1:{gateway}"
         headers = {"Authorization": self.auth} if self.auth else {}
         probe = httpx.Request("POST", f"{self.api_url}/api/v0/version", headers=headers)
-        _wait_ready("Kubo", self.proc, self.log_path, probe)
+        wait_ready("Kubo", self.proc, self.log_path, probe)
         return self
 
     @property
@@ -315,7 +318,7 @@ class ResultServerProcess:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         probe = httpx.Request("GET", f"{self.base_url}/")
-        _wait_ready("prefect-bacalhau serve", self.proc, self.log, probe, ready=404)
+        wait_ready("prefect-bacalhau serve", self.proc, self.log, probe, ready=404)
         return self
 
     def kill(self) -> None:

@@ -34,8 +34,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prefect_bacalhau_publish.testing import binary  # noqa: E402
+from prefect_bacalhau_publish.testing import ServerStartError, binary, wait_ready  # noqa: E402
 
+MINIO_USER = "stack-admin"
 HEALTH_TIMEOUT = 180.0
 """Seconds a server may take to answer its health check (Prefect's first start migrates its database)."""
 
@@ -85,7 +86,7 @@ class Settings:
     def env_lines(self) -> dict[str, str]:
         """What `source STACK_DIR/env` exports."""
         return {
-            "AWS_ACCESS_KEY_ID": "stack-admin",
+            "AWS_ACCESS_KEY_ID": MINIO_USER,
             "AWS_SECRET_ACCESS_KEY": self.password(),
             "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{self.minio}",
             "AWS_REGION": "us-east-1",
@@ -147,15 +148,20 @@ class Service:
                 start_new_session=True,  # survives this script; stopped as a group by `down`
             )
         self.pid_file(settings).write_text(str(proc.pid))
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        while not self.healthy(settings):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(self.log_file(settings).read_text(errors="replace").splitlines()[-30:])
-                self.down(settings)
-                raise SystemExit(
-                    f"stack: {self.name} did not come up (see {self.log_file(settings)}):\n{tail}"
-                )
-            time.sleep(0.2)  # poll interval; readiness is the health answer
+        try:
+            wait_ready(
+                self.name,
+                proc,
+                self.log_file(settings),
+                self.health(settings),
+                self.healthy_status,
+                timeout=HEALTH_TIMEOUT,
+            )
+        except ServerStartError as exc:
+            self.down(settings)
+            raise SystemExit(
+                f"stack: {self.name} did not come up (see {self.log_file(settings)}): {exc}"
+            ) from None
         return f"started (pid {proc.pid})"
 
     def down(self, settings: Settings) -> str:
@@ -227,7 +233,7 @@ SERVICES = [
         ],
         lambda s: httpx.Request("GET", f"http://127.0.0.1:{s.minio}/minio/health/live"),
         env=lambda s: {
-            "MINIO_ROOT_USER": "stack-admin",
+            "MINIO_ROOT_USER": MINIO_USER,
             "MINIO_ROOT_PASSWORD": s.password(),
             "MINIO_UPDATE": "off",
             "MINIO_CALLHOME_ENABLE": "off",

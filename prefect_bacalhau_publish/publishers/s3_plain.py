@@ -60,7 +60,7 @@ def upload_files(
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
             size = path.stat().st_size
-            _put(item, size, content_type)
+            _put(path, key, size, content_type)
         except BaseException:
             stop.set()
             raise
@@ -68,8 +68,7 @@ def upload_files(
             done.append(key)
         advance(size)
 
-    def _put(item: tuple[Path, str], size: int, content_type: str) -> None:
-        path, key = item
+    def _put(path: Path, key: str, size: int, content_type: str) -> None:
         if not obstore_can_carry(key):
             extra = {"ChecksumAlgorithm": "SHA256", "ContentType": content_type}
             client.upload_file(str(path), bucket, key, ExtraArgs=extra)

@@ -222,13 +222,13 @@ def upload_stream(
 def _verified(
     bucket: str, key: str, stored: str, expected: str, version: str | None
 ) -> tuple[str, str | None]:
-    """S3's checksum when it reported one (it must equal ours); ours from a store that reports none."""
-    if stored and stored != expected:
+    """S3's checksum, which must equal ours: a store that stores none could not verify a later fetch."""
+    if stored != expected:
         raise S3PublishError(
-            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored} but the archive "
+            f"publish to s3://{bucket}/{key} failed: S3 reports checksum {stored or '(none)'} but the archive "
             f"uploaded has {expected}; publish again"
         )
-    return stored or expected, version
+    return stored, version
 
 
 def run_threads(threads: Sequence[threading.Thread], on_interrupt: Callable[[], object]) -> None:
