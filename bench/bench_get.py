@@ -13,7 +13,6 @@ Prints a Markdown table.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_s3 import storage_for  # noqa: E402
-from common import build_mixed_folder, folder_args, paired, print_table, ratio_row  # noqa: E402
+from common import CURL_TAR, build_mixed_folder, checker, folder_args, paired, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import LocalResultServer  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
@@ -39,15 +38,6 @@ from prefect_bacalhau_publish.testing import (  # noqa: E402
     running_minio,
 )
 
-CURL_TAR = 'set -o pipefail; curl -sf --noproxy "*" "$1" | tar xz -C "$2"'
-
-
-def listing(folder: Path) -> list[tuple[str, int]]:
-    """(relative path, size) of every file under `folder`."""
-    return sorted(
-        (p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()
-    )
-
 
 def extractor(url: str, dest: Path) -> Any:
     """The baseline: curl the URL into tar in a fresh `dest`."""
@@ -57,19 +47,6 @@ def extractor(url: str, dest: Path) -> Any:
         subprocess.run(["bash", "-c", CURL_TAR, "curl-tar", url, str(dest)], check=True)
 
     return base
-
-
-def checker(folder: Path, dest: Path) -> Any:
-    """Untimed, after each run: `dest` must hold the source folder's files; then delete it."""
-    expected = listing(folder)
-
-    def cleanup() -> None:
-        got = listing(dest)
-        if got != expected:
-            raise SystemExit(f"{dest} does not match {folder}: {len(got)} files vs {len(expected)}")
-        shutil.rmtree(dest)
-
-    return cleanup
 
 
 def w5_s3(minio: MinioServer, folder: Path, runs: int, work: Path) -> str:

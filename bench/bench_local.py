@@ -21,20 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, folder_args, paired, print_table, ratio_row  # noqa: E402
+from common import build_mixed_folder, empty, folder_args, paired, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import LocalResultServer  # noqa: E402
 from prefect_bacalhau_publish.publishers import publish_to  # noqa: E402
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec  # noqa: E402
-
-
-def empty(folder: Path) -> None:
-    """Delete everything inside `folder`, keeping the folder."""
-    for path in folder.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def w4(folder: Path, runs: int, work: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,3 +162,38 @@ def folder_args(doc: str | None) -> argparse.Namespace:
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     return args
+
+
+CURL_TAR = 'set -o pipefail; curl -sf --noproxy "*" "$1" | tar xz -C "$2"'
+"""The get baseline: `bash -c CURL_TAR curl-tar URL DEST` streams the URL into tar."""
+
+
+def listing(folder: Path) -> list[tuple[str, int]]:
+    """(relative path, size) of every file under `folder`."""
+    return sorted(
+        (p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()
+    )
+
+
+def checker(folder: Path, dest: Path) -> Callable[[], None]:
+    """Untimed, after each run: `dest` must hold the source folder's files; then delete it, and flush what
+    is left to write, so no run pays for the previous one's writeback."""
+    expected = listing(folder)
+
+    def cleanup() -> None:
+        got = listing(dest)
+        if got != expected:
+            raise SystemExit(f"{dest} does not match {folder}: {len(got)} files vs {len(expected)}")
+        shutil.rmtree(dest)
+        os.sync()
+
+    return cleanup
+
+
+def empty(folder: Path) -> None:
+    """Delete everything inside `folder`, keeping the folder."""
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

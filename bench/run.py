@@ -8,6 +8,8 @@ stdout, followed by each script's own tables (and profile_w2.py's account of whe
 both sides' CPU and MinIO's own profile). Default sizes are modest for a 2-core machine (256 MiB,
 2000 files, 5 runs); --full runs the issue's (W1 at 256 MiB / 1 GiB / 4 GiB, W2 at 1k / 10k / 50k files,
 W6 at 1 GiB vs 4 GiB, 5 runs, fewer at the largest sizes; tens of minutes). --only reruns some scripts into <date>-<names>.md.
+bench_cli.py times the CLI as users run it, whole processes started fresh (S1/S2 start-up, W1/W4/W5 "CLI" rows);
+a quick look at small size: `make bench BENCH_ARGS="--only bench_cli --size-mib 32"`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_get.py", "--size-mib", s, "--runs", "3"],
             ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
             ["bench_ipfs.py", "--size-mib", s, "--runs", "3"],
+            ["bench_cli.py", "--size-mib", s, "--runs", "3"],
+            ["bench_logs.py", "--runs", "3"],
             ["profile_w2.py", "--files", n, "--loop", n],
         ]
     if full:
@@ -60,6 +64,8 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_get.py", "--size-mib", "1024", "--runs", "5"],
             ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
             ["bench_ipfs.py", "--size-mib", "1024", "--runs", "5"],
+            ["bench_cli.py", "--size-mib", "1024", "--runs", "3"],
+            ["bench_logs.py", "--runs", "5"],
             ["profile_w2.py", "--files", "10000"],
         ]  # fmt: skip
     return [
@@ -69,6 +75,8 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["bench_get.py", "--size-mib", "256", "--runs", "5"],
         ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
         ["bench_ipfs.py", "--size-mib", "256", "--runs", "5"],
+        ["bench_cli.py", "--size-mib", "256", "--runs", "3"],
+        ["bench_logs.py", "--runs", "5"],
         ["profile_w2.py", "--files", "2000"],
     ]
 
@@ -135,7 +143,7 @@ def main() -> int:
             err = f"timed out after {SCRIPT_TIMEOUT} s"
             done = subprocess.CompletedProcess(expired.cmd, -1, out or "", err)
         table = tables(done.stdout)
-        rows += [line for line in done.stdout.splitlines() if line.startswith("| W")]
+        rows += [line for line in done.stdout.splitlines() if line.startswith(("| W", "| S"))]
         sections.append(f"## {script} {' '.join(rest)}\n\n{table or done.stdout[-2000:]}\n")
         if done.returncode != 0:
             failed.append(f"{script} (exit code {done.returncode})")

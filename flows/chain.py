@@ -32,11 +32,12 @@ def chain(
     publisher = PublisherSpec.model_validate(
         {"Type": "s3", "Params": {"Bucket": bucket, "Key": key, "Encoding": encoding}}
     )
-    a = run_job.submit(JOB_A, publisher=publisher, s3=s3, fail_on_nonzero=True).result()
+    a = run_job.submit(JOB_A, name="job-a", publisher=publisher, s3=s3, fail_on_nonzero=True).result()
     assert a.published is not None
     logger.info("job A published: %s", a.published.to_bacalhau())
     b = run_job.submit(
         JOB_B,
+        name="job-b",
         publisher=publisher,
         inputs=[a.published.to_input_source("/inputs/a")],
         s3=s3,

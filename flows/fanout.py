@@ -79,7 +79,9 @@ def fanout(
         {"Type": "s3", "Params": {"Bucket": bucket, "Key": key, "Encoding": encoding}}
     )
 
-    source = run_job.submit(split_command(count), publisher=publisher, s3=s3, fail_on_nonzero=True).result()
+    source = run_job.submit(
+        split_command(count), name="split", publisher=publisher, s3=s3, fail_on_nonzero=True
+    ).result()
     assert source.published is not None
     logger.info("split published: %s", source.published.to_bacalhau())
 
@@ -87,6 +89,7 @@ def fanout(
     futures = [
         run_job.submit(
             part_command(part, parts),
+            name=f"part-{part}",
             publisher=publisher,
             inputs=[source_input],
             s3=s3,
@@ -102,7 +105,7 @@ def fanout(
         assert result.published is not None
         inputs.append(result.published.to_input_source(f"/inputs/part-{part}"))
     collected = run_job.submit(
-        COLLECT_COMMAND, publisher=publisher, inputs=inputs, s3=s3, fail_on_nonzero=True
+        COLLECT_COMMAND, name="collect", publisher=publisher, inputs=inputs, s3=s3, fail_on_nonzero=True
     ).result()
     logger.info("collected result published: %s", _published(collected))
     return {

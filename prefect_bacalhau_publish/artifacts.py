@@ -12,7 +12,7 @@ from prefect.client.schemas.objects import Artifact as ArtifactResponse
 from .errors import FetchError
 from .specs import IPFSParams, PublishedResult, S3Params, URLParams, load_result
 
-__all__ = ["artifact_key", "load_artifact_result", "record_result"]
+__all__ = ["artifact_key", "job_artifact_key", "load_artifact_result", "record_result"]
 
 _SPEC_MARKER = "Published result spec (Bacalhau JSON):"
 
@@ -20,6 +20,14 @@ _SPEC_MARKER = "Published result spec (Bacalhau JSON):"
 def artifact_key(job_id: str, execution_id: str | None = None) -> str:
     """A Prefect artifact key (lower-case letters, digits, dashes) derived from the job (and execution)."""
     raw = f"bacalhau-{job_id}" + (f"-{execution_id}" if execution_id else "")
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")[:200]
+
+
+def job_artifact_key(flow_name: str, job_name: str) -> str:
+    """The key a job's results keep across runs of its flow (each run adds a version): `bacalhau-FLOW-JOB`."""
+    raw = f"{flow_name}-{job_name}"
+    if not raw.lower().startswith("bacalhau"):
+        raw = f"bacalhau-{raw}"
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")[:200]
 
 
@@ -57,12 +65,13 @@ def record_result(
     """Create the table artifact (Type and every param) and the link artifact; returns the table's key."""
     rows: list[dict[str, Any]] = [{"Field": "Type", "Value": result.type}]
     rows += [{"Field": name, "Value": str(value)} for name, value in result.to_bacalhau()["Params"].items()]
-    create_table_artifact(rows, key=key, description=_description(result, title))
+    create_table_artifact(rows, key=key, description=_description(result, title), _sync=True)  # type: ignore[call-arg]
     create_link_artifact(
         result_link(result, presigned_url=presigned_url, gateway_url=gateway_url),
         link_text=f"{result.type} result",
         key=f"{key}-link"[:255],
         description=_description(result, title),
+        _sync=True,  # type: ignore[call-arg]
     )
     return key
 

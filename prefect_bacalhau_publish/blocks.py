@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import socket
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,6 +12,9 @@ from urllib.parse import urlparse
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
+
+from .naming import DEFAULT_PORT, default_storage_dir
+from .s3access import MAX_CONCURRENCY, MULTIPART_CHUNKSIZE, MULTIPART_THRESHOLD, PRESIGN_EXPIRY, MiB, S3Access
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,11 +30,9 @@ _IPFS_LOGO = (
     "https://raw.githubusercontent.com/ipfs/ipfs-docs/5ffa362d0fe7b393e25ea9bf0e73b1cdb752f2a2"
     "/docs/.vuepress/public/images/ipfs-logo-text-black.svg"
 )
-MiB = 1024 * 1024
-_CLIENT_LOCK = threading.Lock()
 
 
-class S3Storage(Block):
+class S3Storage(Block, S3Access):
     """How to reach S3 or an S3-compatible store (MinIO first) for publishing and fetching results.
 
     Credentials come from a nested prefect-aws `AwsCredentials` or `MinIOCredentials` block; without one,
@@ -66,18 +65,23 @@ class S3Storage(Block):
     )
     region_name: str | None = Field(default=None, description="Region of the buckets, e.g. us-east-1.")
     presign_expiry: timedelta = Field(
-        default=timedelta(hours=1), description="How long presigned download URLs stay valid."
+        default=PRESIGN_EXPIRY, description="How long presigned download URLs stay valid."
     )
     multipart_threshold: int = Field(
-        default=8 * MiB, ge=5 * MiB, description="Objects larger than this many bytes upload in parts."
+        default=MULTIPART_THRESHOLD,
+        ge=5 * MiB,
+        description="Objects larger than this many bytes upload in parts.",
     )
     multipart_chunksize: int = Field(
-        default=16 * MiB,
+        default=MULTIPART_CHUNKSIZE,
         ge=5 * MiB,
         description="Size in bytes of each part of a multipart upload; an archive can hold up to 10 000 parts.",
     )
     max_concurrency: int = Field(
-        default=8, ge=1, le=64, description="Parallel transfers (parts, or files of a plain result)."
+        default=MAX_CONCURRENCY,
+        ge=1,
+        le=64,
+        description="Parallel transfers (parts, or files of a plain result).",
     )
 
     _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = PrivateAttr(default_factory=dict)
@@ -91,110 +95,11 @@ class S3Storage(Block):
             return {**value, "block_type_slug": slug}
         return value
 
-    def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
-        """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's.
-
-        Clients are thread-safe and costly to build, so one per setting is kept on this block.
-        """
-        key = (
-            endpoint or self.endpoint_url,
-            region or self.region_name,
-            id(self.credentials),
-            self.max_concurrency,
-        )
-        with _CLIENT_LOCK:
-            cached = self._clients.get(key)
-            if cached is None or cached[0] is not self.credentials:
-                cached = self._clients[key] = (self.credentials, self._new_client(endpoint, region))
-            return cached[1]
-
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle without the cached clients (for Dask and process pools)."""
         state: dict[Any, Any] = super().__getstate__()
         state["__pydantic_private__"] = {"_clients": {}}
         return state
-
-    def _session(self) -> Any:
-        import boto3
-
-        return self.credentials.get_boto3_session() if self.credentials is not None else boto3.Session()
-
-    def _client_parameters(self) -> dict[str, Any]:
-        """The credentials block's `aws_client_parameters` as boto3 client arguments (verify, use_ssl, ...)."""
-        if self.credentials is None:
-            return {}
-        params: dict[str, Any] = self.credentials.aws_client_parameters.get_params_override()
-        return params
-
-    def tls_verify(self) -> bool | str:
-        """How https endpoints are verified: True (system CAs), False, or a CA bundle's path."""
-        verify = self._client_parameters().get("verify", True)
-        return verify if isinstance(verify, bool) else str(verify)
-
-    def resolve(self, endpoint: str | None = None, region: str | None = None) -> tuple[str | None, str]:
-        """The endpoint URL (None: AWS) and region used for a spec's `Endpoint`/`Region` overrides."""
-        endpoint = endpoint or self.endpoint_url or self._client_parameters().get("endpoint_url")
-        credentials_region = getattr(self.credentials, "region_name", None)
-        region = region or self.region_name or credentials_region or self._session().region_name
-        return endpoint, region or "us-east-1"
-
-    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
-        from botocore.config import Config
-
-        params = self._client_parameters()
-        params.pop("endpoint_url", None)
-        user_config = params.pop("config", None)
-        endpoint, region = self.resolve(endpoint, region)
-        config = Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=max(10, self.max_concurrency * 2),
-            signature_version="s3v4",
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if endpoint else None,
-        )
-        if user_config is not None:
-            config = config.merge(user_config)
-        client: S3Client = self._session().client(
-            "s3", endpoint_url=endpoint, region_name=region, config=config, **params
-        )
-        for operation in ("PutObject", "UploadPart"):
-            client.meta.events.register(f"before-sign.s3.{operation}", _payload_hash_from_checksum)
-        return client
-
-    def get_store(self, bucket: str, endpoint: str | None = None, region: str | None = None) -> Any:
-        """An obstore `S3Store` for `bucket` with the same credentials, endpoint, region and TLS settings as
-        `get_client`; it asks S3 to verify a SHA-256 checksum of every object and part it uploads."""
-        from obstore.auth.boto3 import Boto3CredentialProvider
-        from obstore.store import S3Store
-
-        endpoint, region = self.resolve(endpoint, region)
-        options: dict[str, Any] = {"connect_timeout": "10s", "timeout": "300s"}
-        if endpoint is not None and endpoint.startswith("http://"):
-            options["allow_http"] = True
-        verify = self.tls_verify()
-        if verify is False:
-            options["allow_invalid_certificates"] = True
-        elif isinstance(verify, str):
-            options["root_certificate"] = Path(verify).read_bytes()
-        config: dict[str, Any] = {"region": region, "checksum_algorithm": "SHA256"}
-        if endpoint is not None:
-            config.update(endpoint=endpoint, virtual_hosted_style_request=False)
-        session = self._session()
-        if session.get_credentials() is None:
-            # boto3's chain found nothing: say so as boto3 does, rather than let obstore's own chain try
-            # the instance metadata service.
-            from botocore.exceptions import NoCredentialsError
-
-            raise NoCredentialsError()
-        provider = Boto3CredentialProvider(session)
-        return S3Store(
-            bucket,
-            config=config,  # type: ignore[arg-type]
-            client_options=options,  # type: ignore[arg-type]
-            retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
-            credential_provider=provider,
-        )
 
     @classmethod
     def coerce(cls, value: S3Storage | S3Bucket | AwsCredentials | MinIOCredentials | None) -> S3Storage:
@@ -215,14 +120,6 @@ class S3Storage(Block):
 
 S3Target = S3Storage | S3Bucket | AwsCredentials | MinIOCredentials
 """What every `s3=` parameter takes: an `S3Storage`, or a prefect-aws block it is made from (`coerce`)."""
-
-
-def _payload_hash_from_checksum(request: Any, **_: Any) -> None:
-    """Sign a PUT with the SHA-256 it already carries as `x-amz-checksum-sha256` instead of hashing the
-    body once more (botocore hashes every body sent over plain http): the same digest, one pass."""
-    checksum = request.headers.get("x-amz-checksum-sha256")
-    if checksum and "X-Amz-Content-SHA256" not in request.headers:
-        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
 
 
 class IPFSNode(Block):
@@ -308,12 +205,6 @@ def _to_multiaddr(address: str) -> str:
     return f"/{proto}/{host}/tcp/{port}/{parsed.scheme}"
 
 
-def _default_storage_dir() -> Path:
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("prefect-bacalhau-publish")) / "results"
-
-
 _ADDRESS_TYPES = ("private", "public", "loopback", "localhost", "local", "linklocal", "multicast", "any")
 
 
@@ -335,11 +226,11 @@ class LocalResultServer(Block):
     _description = "The local publisher's storage folder and the HTTP server that serves it."
 
     storage_dir: Path = Field(
-        default_factory=_default_storage_dir,
+        default_factory=default_storage_dir,
         description="Folder the archives are written to and served from.",
     )
     host: str = Field(default="0.0.0.0", description="Interface the result server listens on.")
-    port: int = Field(default=6001, ge=1, le=65535, description="Port the result server listens on.")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="Port the result server listens on.")
     public_address: str | None = Field(
         default=None,
         description="Host/IP in result URLs, or an address type (private, public, loopback, ...); empty is 127.0.0.1.",

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from cyclopts import App, Parameter
 from rich.console import Console
 
 from .errors import BacalhauPublishError, FetchError
-from .specs import PublishedResult
 
-app = App(name="prefect-bacalhau", help="Bacalhau's result publishers and `get`, for Prefect.")
+if TYPE_CHECKING:
+    import uuid
+
+    from .specs import PublishedResult
+
+# Start-up is part of every command's time: Prefect, boto3 and the Kubo client are imported only on the
+# paths that need them (a block, an artifact key or a flow-run id named; an S3 result; IPFS).
+
+# Plain-text help: markdown would swallow `<name>`-style placeholders, and importing it is a third of `--help`.
+app = App(
+    name="prefect-bacalhau",
+    help="Bacalhau's result publishers and get, for Prefect.",
+    help_format="plaintext",
+)
 err = Console(stderr=True)
 out = Console()
 
@@ -27,13 +37,16 @@ _MERGE_APPEND = ("stdout", "stderr", "exitCode")
 
 
 def _blocks(s3_block: str | None, ipfs_block: str | None, local_block: str | None) -> dict[str, Any]:
-    from .blocks import IPFSNode, LocalResultServer
+    blocks: dict[str, Any] = {"s3": _s3_block(s3_block) if s3_block else None, "ipfs": None, "local": None}
+    if ipfs_block:
+        from .blocks import IPFSNode
 
-    return {
-        "s3": _s3_block(s3_block) if s3_block else None,
-        "ipfs": IPFSNode.load(ipfs_block) if ipfs_block else None,
-        "local": LocalResultServer.load(local_block) if local_block else None,
-    }
+        blocks["ipfs"] = IPFSNode.load(ipfs_block)
+    if local_block:
+        from .blocks import LocalResultServer
+
+        blocks["local"] = LocalResultServer.load(local_block)
+    return blocks
 
 
 def _s3_block(name: str) -> Any:
@@ -48,6 +61,8 @@ def _s3_block(name: str) -> Any:
 
 
 def _flow_run_results(run_id: uuid.UUID) -> list[PublishedResult]:
+    import asyncio
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
@@ -71,9 +86,11 @@ def _flow_run_results(run_id: uuid.UUID) -> list[PublishedResult]:
 
 def resolve_sources(source: str) -> list[PublishedResult]:
     """A spec file, a flow-run id (all its results), or an artifact key → published results."""
-    from .tasks import resolve_result
+    from .resolve import resolve_result
 
     if not Path(source).exists():
+        import uuid
+
         try:
             return _flow_run_results(uuid.UUID(source))
         except ValueError:
@@ -142,15 +159,14 @@ def get(
     presigned
         Fetch archived S3 results through a presigned URL, as Bacalhau's requester does.
     s3_block
-        Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket, aws-credentials or
-        minio-credentials block (default: AWS default credential chain).
+        Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket, aws-credentials or minio-credentials block (default: AWS default credential chain).
     ipfs_block
         Name of a saved IPFSNode block.
     local_block
         Name of a saved LocalResultServer block.
     """
+    from .resolve import fetch_result
     from .sources.place import beside
-    from .tasks import get_result
 
     results = resolve_sources(source)
     dest = output or Path(f"result-{Path(source).stem if Path(source).exists() else source}"[:80])
@@ -162,7 +178,7 @@ def get(
         with _progress() as bar:
             for index, result in enumerate(results):
                 bar(f"result {index + 1}/{len(results)} ({result.type})")
-                parts.append(get_result.fn(result, tmp / "raw" / str(index), presigned=presigned, **blocks))
+                parts.append(fetch_result(result, tmp / "raw" / str(index), presigned=presigned, **blocks))
         final = tmp / "final"
         final.mkdir()
         if raw or len(parts) == 1:
@@ -349,6 +365,9 @@ def main() -> None:
 
     `PBP_DEBUG=1` shows the traceback of a failure that is not one of the package's own errors.
     """
+    # httpcore imports trio, when installed, only to serve trio event loops, which this CLI never runs: a
+    # tenth of a second of every `get` and `publish`.
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     try:
         app()
     except KeyboardInterrupt:

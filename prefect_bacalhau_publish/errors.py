@@ -37,3 +37,7 @@ class ChecksumMismatchError(FetchError):
 
 class UnsafeArchiveError(FetchError):
     """An archive holds a member that would escape or damage the destination, or exceeds a cap."""
+
+
+class JobError(BacalhauPublishError):
+    """A job could not be started: its callable cannot be sent to its own process."""

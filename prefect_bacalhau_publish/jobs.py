@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
+import pickle
 import shutil
-import subprocess
+import sys
 import tempfile
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,20 +14,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PublishError, SpecError
+from .errors import JobError, PublishError, SpecError
+from .process import OutputLog, run_process
 from .publishers import publish_to
 from .sources import fetch_source
 from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath
 
-__all__ = ["JobResult", "execute_job", "fetch_all"]
+__all__ = ["JobResult", "execute_job", "fetch_all", "job_name"]
 
 DEFAULT_RESULT_PATHS = (ResultPath.model_validate({"Name": "outputs", "Path": "/outputs"}),)
-MAX_STREAM_BYTES = 1024 * 1024 * 1024
 JobCommand = str | Sequence[str] | Callable[[Path], Any]
 
 
 class JobResult(BaseModel):
-    """What a job left: its exit code, the published result (when it had a publisher), its context."""
+    """What a job left: its exit code, the published result (when it had a publisher), its context, and the
+    last few KiB of its stdout and stderr (the result's files hold them whole)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -37,9 +36,20 @@ class JobResult(BaseModel):
     published: PublishedResult | None
     context: ExecutionContext
     artifact_key: str | None = None
+    name: str = "job"
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
 
 
-def fetch_all(inputs: Sequence[InputSource], root: Path, **blocks: Any) -> dict[str, Path]:
+def fetch_all(
+    inputs: Sequence[InputSource],
+    root: Path,
+    *,
+    allowed_local_paths: Sequence[str] | None = None,
+    **blocks: Any,
+) -> dict[str, Path]:
     """Materialise every input under `root` at its Target (leading `/` dropped); returns Target → path."""
     out: dict[str, Path] = {}
     targets = [source.relative_target for source in inputs]
@@ -51,61 +61,43 @@ def fetch_all(inputs: Sequence[InputSource], root: Path, **blocks: Any) -> dict[
                 )
     for source in inputs:
         dest = root / source.relative_target
-        out[source.target] = fetch_source(source.source, dest, **blocks)
+        out[source.target] = fetch_source(
+            source.source, dest, allowed_local_paths=allowed_local_paths, **blocks
+        )
     return out
 
 
-def _run_callable(func: Callable[[Path], Any], workdir: Path, stdout: Path, stderr: Path) -> int:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    cwd = os.getcwd()
+def job_name(command: JobCommand, name: str | None = None) -> str:
+    """The name a job goes by in logs and artifact keys: `name`, the callable's name, or the command's first word."""
+    if name:
+        return name
+    if callable(command):
+        return str(getattr(command, "__name__", "job")).strip("<>") or "job"
+    words = command.split() if isinstance(command, str) else list(command)
+    return Path(words[0]).name if words else "job"
+
+
+def pack_callable(func: Callable[[Path], Any], payload: Path) -> list[str]:
+    """Write `func` (cloudpickled) and the import path it needs to `payload`; returns the command that runs it."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    data = cloudpickle.dumps(func)
+    with open(payload, "wb") as handle:
+        pickle.dump([entry or os.getcwd() for entry in sys.path], handle)
+        handle.write(data)
+    return [sys.executable, "-m", "prefect_bacalhau_publish.callrunner", str(payload)]
+
+
+def _argv(command: JobCommand, payload: Path) -> str | Sequence[str]:
+    if not callable(command):
+        return command
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            os.chdir(workdir)
-            value = func(workdir)
-            code = value if isinstance(value, int) and not isinstance(value, bool) else 0
-    except Exception:
-        err.write(traceback.format_exc())
-        code = 1
-    finally:
-        os.chdir(cwd)
-    stdout.write_text(out.getvalue())
-    stderr.write_text(err.getvalue())
-    return code
-
-
-def _run_command(
-    command: str | Sequence[str],
-    workdir: Path,
-    stdout: Path,
-    stderr: Path,
-    env: Mapping[str, str],
-    timeout: float | None,
-) -> int:
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        try:
-            done = subprocess.run(
-                command,
-                shell=isinstance(command, str),
-                cwd=workdir,
-                env=env,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            err.write(f"\njob timed out after {timeout}s\n".encode())
-            return 124
-        except OSError as exc:
-            err.write(f"could not start the command: {exc}\n".encode())
-            return 127
-    for stream in (stdout, stderr):
-        if stream.stat().st_size > MAX_STREAM_BYTES:
-            with open(stream, "r+b") as handle:
-                handle.truncate(MAX_STREAM_BYTES)
-    return done.returncode
+        return pack_callable(command, payload)
+    except Exception as exc:
+        raise JobError(
+            f"the job's callable cannot be sent to its own process ({type(exc).__name__}: {exc}); "
+            "define it so cloudpickle can pickle it (no open files, locks or sockets in its closure)"
+        ) from None
 
 
 def execute_job(
@@ -121,12 +113,16 @@ def execute_job(
     ipfs: Any = None,
     local: Any = None,
     restamp: bool = True,
-) -> tuple[int, PublishedResult | None, ExecutionContext]:
+    name: str | None = None,
+    log: OutputLog | None = None,
+    allowed_local_paths: Sequence[str] | None = None,
+) -> JobResult:
     """Run `command` in a fresh working folder, lay out its results as Bacalhau does, and publish them.
 
     The working folder holds each input at its Target and an empty folder per result path (by default
-    `outputs/`); a string command runs in a shell, a list without one, a callable gets the folder.
-    The command sees `INPUTS`/`OUTPUTS` variables pointing at those folders, and the context's ids.
+    `outputs/`); a string command runs in a shell, a list without one, a callable in a child process of its
+    own (cloudpickled) that gets the folder. Each runs in that folder with `env` and `timeout`; `log` shows
+    their output lines as they come. The command sees `INPUTS`/`OUTPUTS` variables pointing at those folders, and the context's ids.
     With `restamp`, the context's `published_at` is set to the moment of publishing.
     """
     names = [path.name for path in result_paths]
@@ -137,7 +133,7 @@ def execute_job(
         results = Path(tmp) / "results"
         workdir.mkdir()
         results.mkdir()
-        fetch_all(inputs, workdir, s3=s3, ipfs=ipfs, local=local)
+        fetch_all(inputs, workdir, s3=s3, ipfs=ipfs, local=local, allowed_local_paths=allowed_local_paths)
         for path in result_paths:
             (workdir / path.path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         job_env = {
@@ -149,11 +145,18 @@ def execute_job(
             "BACALHAU_EXECUTION_ID": context.execution_id,
             "BACALHAU_NODE_ID": context.node_id,
         }
-        stdout, stderr = results / "stdout", results / "stderr"
-        if callable(command):
-            code = _run_callable(command, workdir, stdout, stderr)
-        else:
-            code = _run_command(command, workdir, stdout, stderr, job_env, timeout)
+        argv = _argv(command, Path(tmp) / "callable.pickle")
+        code, tails = run_process(
+            argv,
+            cwd=workdir,
+            env=job_env,
+            stdout=results / "stdout",
+            stderr=results / "stderr",
+            timeout=timeout,
+            log=log,
+        )
+        if log is not None:
+            log.close()
         (results / "exitCode").write_text(str(code))
         for path in result_paths:
             source = workdir / path.path.lstrip("/")
@@ -162,8 +165,16 @@ def execute_job(
                 shutil.move(str(source), str(target))
             else:
                 target.mkdir()
-        if publisher is None:
-            return code, None, context
-        if restamp:
-            context = context.model_copy(update={"published_at": datetime.now(UTC)})
-        return code, publish_to(results, publisher, context, s3=s3, ipfs=ipfs, local=local), context
+        published = None
+        if publisher is not None:
+            if restamp:
+                context = context.model_copy(update={"published_at": datetime.now(UTC)})
+            published = publish_to(results, publisher, context, s3=s3, ipfs=ipfs, local=local)
+        return JobResult(
+            exit_code=code,
+            published=published,
+            context=context,
+            name=job_name(command, name),
+            stdout_tail=tails.stdout_tail.decode("utf-8", "replace"),
+            stderr_tail=tails.stderr_tail.decode("utf-8", "replace"),
+        )

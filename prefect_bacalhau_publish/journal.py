@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -32,9 +33,34 @@ def journal_path() -> Path:
     override = os.environ.get("PBP_JOURNAL")
     if override:
         return Path(override)
-    from prefect.settings import get_current_settings
+    return _prefect_home() / "prefect-bacalhau-publish" / "s3-pending.json"
 
-    return Path(get_current_settings().home) / "prefect-bacalhau-publish" / "s3-pending.json"
+
+def _prefect_home() -> Path:
+    """Prefect's home as Prefect resolves it. Prefect itself (seconds to import) is asked only when it is
+    loaded already or a settings file in reach might move the home; else `$PREFECT_HOME` or `~/.prefect`,
+    which is what it would answer (the environment outranks every settings file)."""
+    home = os.environ.get("PREFECT_HOME")
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or Path(home or "~/.prefect") / "profiles.toml")
+    might_move = (
+        (Path(".env"), "PREFECT_HOME"),
+        (Path("prefect.toml"), "home"),
+        (Path("pyproject.toml"), "tool.prefect"),
+        (profiles.expanduser(), "PREFECT_HOME"),
+    )
+    if "prefect.settings" in sys.modules or (home is None and any(map(_mentions, might_move))):
+        from prefect.settings import get_current_settings
+
+        return Path(get_current_settings().home)
+    return Path(home or "~/.prefect").expanduser()
+
+
+def _mentions(file_and_word: tuple[Path, str]) -> bool:
+    path, word = file_and_word
+    try:
+        return word.lower() in path.read_text(errors="replace").lower()
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 from .context import ExecutionContext
 
@@ -15,6 +16,15 @@ ARCHIVE_SUFFIX = ".tar.gz"
 SIDECAR_SUFFIX = ".sha256"
 ARCHIVE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.tar\.gz")
 """A servable result name: letters, digits, `_`, `.`, `-`; not starting with `.`; at most 207 characters."""
+DEFAULT_PORT = 6001
+"""The result server's port unless a LocalResultServer block says otherwise."""
+
+
+def default_storage_dir() -> Path:
+    """The storage folder unless a LocalResultServer block says otherwise (the user's data folder)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("prefect-bacalhau-publish")) / "results"
 
 
 def is_archive_name(name: str) -> bool:
@@ -22,13 +32,14 @@ def is_archive_name(name: str) -> bool:
     return ARCHIVE_NAME.fullmatch(name) is not None and ".." not in name
 
 
-def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str:
+def render_key(pattern: str, *, context: ExecutionContext, archive: bool, warn: bool = True) -> str:
     """Apply Bacalhau's `ParsePublishedKey`: suffix rule first, then the five placeholders.
 
     An archived result's key gets `.tar.gz` appended unless it already ends so; a plain result's key gets
     a trailing `/`. `{date}` (YYYYMMDD) and `{time}` (HHMMSS) come from `context.published_at` in UTC.
     Any other `{...}` text, including a wrongly-cased placeholder, is left as written (as Bacalhau does),
-    with one warning naming it, so a typo does not silently overwrite one literal key on every run.
+    with one warning naming it (unless not `warn`), so a typo does not silently overwrite one literal key on
+    every run.
     """
     key = pattern
     if archive and not key.endswith(ARCHIVE_SUFFIX):
@@ -44,7 +55,7 @@ def render_key(pattern: str, *, context: ExecutionContext, archive: bool) -> str
         "{time}": instant.strftime("%H%M%S"),
     }
     known = {p.lower(): p for p in replacements}
-    for name in sorted(set(_BRACED.findall(pattern)) - set(replacements)):
+    for name in sorted(set(_BRACED.findall(pattern)) - set(replacements)) if warn else ():
         hint = f"; did you mean {known[name.lower()]}?" if name.lower() in known else ""
         logger.warning(
             "key %r: %s is not a placeholder and is kept as written (placeholders: %s)%s",

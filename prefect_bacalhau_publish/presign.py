@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blocks import S3Storage
+from .s3access import S3Access
 from .specs import S3Params, S3PreSignedParams
 
 __all__ = ["presign"]
 
 
-def presign(result: S3Params, storage: S3Storage) -> S3PreSignedParams:
+def presign(result: S3Params, storage: S3Access) -> S3PreSignedParams:
     """Turn an archived S3 result into Bacalhau's `s3PreSigned` form, as its requester does for `get`."""
     client = storage.get_client(result.endpoint, result.region)
     request: dict[str, Any] = {"Bucket": result.bucket, "Key": result.key}

@@ -32,6 +32,7 @@ __all__ = [
     "IPFSParams",
     "InputSource",
     "LocalDirectoryParams",
+    "LocalParams",
     "PublishedResult",
     "PublisherSpec",
     "ResultPath",
@@ -213,11 +214,38 @@ class URLParams(BacalhauModel):
         return value
 
 
-class LocalDirectoryParams(BacalhauModel):
-    """Params of a `localDirectory` input source."""
+class LocalParams(BacalhauModel):
+    """Params of the `local` input source and of `localDirectory`, its deprecated alias (Bacalhau v1.9)."""
 
     source_path: str = Field(alias="SourcePath")
     read_write: bool | None = Field(default=None, alias="ReadWrite")
+    create_as: Literal["noCreate", "dir", "file"] | None = Field(default=None, alias="CreateAs")
+
+    @field_validator("source_path")
+    @classmethod
+    def _source_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid local params: SourcePath cannot be empty")
+        return value
+
+    @field_validator("read_write", mode="before")
+    @classmethod
+    def _read_write(cls, value: Any) -> Any:
+        # Bacalhau's DecodeSpec: a string ReadWrite is true only when it is exactly "true"
+        return value == "true" if isinstance(value, str) else value
+
+    @field_validator("create_as", mode="before")
+    @classmethod
+    def _create_as(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        for known in ("dir", "file", "noCreate"):
+            if isinstance(value, str) and value.lower() == known.lower():
+                return known
+        raise ValueError(f"invalid CreateAs value {value}; CreateAs must be one of [dir, file, noCreate]")
+
+
+LocalDirectoryParams = LocalParams
 
 
 # ---------------------------------------------------------------------------------------- type specs
@@ -235,7 +263,8 @@ _RESULT_PARAMS: dict[str, type[BacalhauModel]] = {
 }
 _SOURCE_PARAMS: dict[str, type[BacalhauModel]] = {
     **_RESULT_PARAMS,
-    "localDirectory": LocalDirectoryParams,
+    "local": LocalParams,
+    "localDirectory": LocalParams,
 }
 
 
@@ -295,7 +324,7 @@ class PublisherSpec(_TypedSpec):
 
 
 class SourceSpec(_TypedSpec):
-    """Bacalhau's storage source `{"Type": "s3"|"ipfs"|"urlDownload"|"localDirectory", "Params": {...}}`."""
+    """Bacalhau's storage source `{"Type": "s3"|"ipfs"|"urlDownload"|"local"|..., "Params": {...}}`."""
 
     _kind = "input source"
     _table = _SOURCE_PARAMS

@@ -7,21 +7,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
+from prefect.logging.handlers import APILogHandler
 
-from .artifacts import artifact_key, load_artifact_result, record_result
+from .artifacts import artifact_key, job_artifact_key, record_result
 from .blocks import IPFSNode, LocalResultServer, S3Storage, S3Target
-from .errors import FetchError, PublishError
-from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all
+from .dispatch import dispatching
+from .errors import PublishError
+from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all, job_name
 from .parse import validate_spec
 from .presign import presign
+from .process import OutputLog
 from .publishers import publish_to
+from .resolve import fetch_result, resolve_result
+from .runnames import fetch_inputs_name, get_result_name, publish_result_name, run_job_name
 from .s3errors import is_transient
-from .sources import fetch_source
-from .sources.place import beside, place
 from .specs import (
     ExecutionContext,
     InputSource,
@@ -29,13 +32,16 @@ from .specs import (
     PublisherSpec,
     ResultPath,
     S3Params,
-    load_result,
     parse_publisher_string,
 )
 
 __all__ = ["fetch_inputs", "get_result", "publish_result", "record_published", "run_job"]
 
 _fallback_logger = logging.getLogger("prefect_bacalhau_publish")
+_job_output = logging.getLogger("prefect_bacalhau_publish.job_output")
+_job_output.addHandler(APILogHandler())
+_job_output.setLevel(logging.INFO)
+_job_output.propagate = False
 
 
 def _logger() -> Any:
@@ -45,7 +51,22 @@ def _logger() -> Any:
         return _fallback_logger
 
 
-def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
+def _output_logger(run_logger: Any) -> Any:
+    """The run's logger, but sending to the Prefect API only: Prefect's console handler (Rich, highlighting
+    every record) costs about 50x the job itself on long output (bench_logs.py); the UI shows every line."""
+    extra = getattr(run_logger, "extra", None)
+    return run_logger if extra is None else type(run_logger)(_job_output, extra)
+
+
+def _line_limit(log_output: bool | int) -> int:
+    if isinstance(log_output, bool):
+        return 10_000 if log_output else 0
+    if log_output < 0:
+        raise ValueError("log_output must be True, False or a number of lines >= 0")
+    return log_output
+
+
+def retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry only failures worth retrying (S3 throttling/5xx/dropped connections), never 403/404/bad specs."""
     try:
         state.result()
@@ -70,6 +91,23 @@ def _presign(result: PublishedResult, s3: S3Target | None) -> str | None:
     return presign(params, S3Storage.coerce(s3)).pre_signed_url
 
 
+def _flow_name() -> str | None:
+    from prefect.runtime import flow_run
+
+    try:
+        return str(flow_run.flow_name) or None
+    except Exception:  # no flow run, or the API cannot say: fall back to the job-ID key
+        return None
+
+
+def _ids() -> dict[str, str | None]:
+    run = TaskRunContext.get()
+    if run is None:
+        return {"flow_run_id": None, "task_run_id": None}
+    flow_run_id = run.task_run.flow_run_id
+    return {"flow_run_id": str(flow_run_id) if flow_run_id else None, "task_run_id": str(run.task_run.id)}
+
+
 def record_published(
     result: PublishedResult,
     context: ExecutionContext,
@@ -77,14 +115,20 @@ def record_published(
     s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     title: str | None = None,
+    name: str | None = None,
 ) -> str | None:
-    """Record the result as table + link artifacts when running inside Prefect; returns the artifact key."""
+    """Record the result as table + link artifacts when running inside Prefect; returns the artifact key.
+
+    With a job `name`, the key is the flow's and the job's (`bacalhau-FLOW-JOB`), so every run of the flow adds
+    a version to the same artifact; without one, the key is the job ID's (`bacalhau-j-…`).
+    """
     if TaskRunContext.get() is None:
         from prefect.context import FlowRunContext
 
         if FlowRunContext.get() is None:
             return None
-    key = artifact_key(context.job_id)
+    flow_name = _flow_name() if name else None
+    key = job_artifact_key(flow_name, name) if flow_name and name else artifact_key(context.job_id)
     gateway = ipfs.gateway_url if ipfs is not None else None
     record_result(
         result,
@@ -96,12 +140,14 @@ def record_published(
     return key
 
 
-@task(
+@dispatching(
+    "prefect_bacalhau_publish.tasks_async:apublish_result",
     name="publish_result",
+    task_run_name=publish_result_name,
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_transient,
 )
 def publish_result(
     result_dir: Path | str,
@@ -132,12 +178,14 @@ def publish_result(
     return result
 
 
-@task(
+@dispatching(
+    "prefect_bacalhau_publish.tasks_async:afetch_inputs",
     name="fetch_inputs",
+    task_run_name=fetch_inputs_name,
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_transient,
 )
 def fetch_inputs(
     inputs: Sequence[InputSource],
@@ -146,34 +194,27 @@ def fetch_inputs(
     s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
+    allowed_local_paths: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Materialise each input under `root` at its Target, verified; returns Target → local path."""
-    paths = fetch_all(inputs, Path(root), s3=s3, ipfs=ipfs, local=local)
+    """Materialise each input under `root` at its Target, verified; returns Target → local path.
+
+    `allowed_local_paths` is the allow-list for `local` inputs (else `PBP_ALLOWED_LOCAL_PATHS`; default none).
+    """
+    paths = fetch_all(
+        inputs, Path(root), s3=s3, ipfs=ipfs, local=local, allowed_local_paths=allowed_local_paths
+    )
     _logger().info("fetched %d input(s) into %s", len(paths), root)
     return paths
 
 
-def resolve_result(result: PublishedResult | Mapping[str, Any] | str | Path) -> PublishedResult:
-    """A published result from a spec object, a JSON/YAML file or text, or a Prefect artifact key."""
-    if isinstance(result, PublishedResult):
-        return result
-    if isinstance(result, Mapping):
-        return load_result(result)
-    path = Path(result)
-    if path.is_file():
-        return load_result(path)
-    text = str(result)
-    if text.lstrip().startswith(("{", "Type", "type")):
-        return load_result(text)
-    return load_artifact_result(text)
-
-
-@task(
+@dispatching(
+    "prefect_bacalhau_publish.tasks_async:aget_result",
     name="get_result",
+    task_run_name=get_result_name,
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_transient,
 )
 def get_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
@@ -190,27 +231,19 @@ def get_result(
     hands it to `bacalhau job get`; otherwise directly with the S3 API.
     """
     spec = resolve_result(result)
-    dest = Path(dest)
-    if presigned and isinstance(spec.params, S3Params) and spec.archived:
-        signed = presign(spec.params, S3Storage.coerce(s3))
-        spec = PublishedResult.model_validate({"Type": "s3PreSigned", "Params": signed})
-    source = spec.to_input_source("/result").source
-    with beside(dest, ".pbp-get-") as tmp:
-        staging = tmp / "result"
-        fetch_source(source, staging, s3=s3, ipfs=ipfs, local=local)
-        if not staging.is_dir():
-            raise FetchError(f"{spec.type} result did not materialise as a folder")
-        place(staging, dest)
+    dest = fetch_result(spec, Path(dest), s3=s3, ipfs=ipfs, local=local, presigned=presigned)
     _logger().info("got %s result into %s", spec.type, dest)
     return dest
 
 
-@task(
+@dispatching(
+    "prefect_bacalhau_publish.tasks_async:arun_job",
     name="run_job",
+    task_run_name=run_job_name,
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=[2],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_transient,
 )
 def run_job(
     command: JobCommand,
@@ -226,23 +259,33 @@ def run_job(
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
     fail_on_nonzero: bool = False,
+    name: str | None = None,
+    log_output: bool | int = True,
+    allowed_local_paths: Sequence[str] | None = None,
 ) -> JobResult:
     """Run a job (SPEC §2): inputs materialised, `command` run, results laid out as Bacalhau does, published.
 
+    A callable runs in a child process of its own, as a command does: its own working folder, stdout/stderr,
+    `env` and `timeout` (exit code 124). Output lines go to the run's logger as they come: up to 10 000 per
+    job (`log_output=N` for another limit, `False` for none), each cut at 4 KiB; the result's files hold all.
     Results are published also for a non-zero exit code (as Bacalhau does); with `fail_on_nonzero` the task
     then fails after publishing.
     """
     publisher = as_publisher(publisher) if publisher is not None else None
     context = ExecutionContext.current(job_id=job_id, node_id=node_id)
+    name = job_name(command, name)
     log = _logger()
     log.info(
-        "job %s: execution %s on %s, %d input(s)",
+        "job %s: %s, execution %s on %s, %d input(s)",
+        name,
         context.job_id,
         context.execution_id,
         context.node_id,
         len(inputs),
     )
-    code, published, context = execute_job(
+    lines = _line_limit(log_output)
+    output_log = OutputLog(_output_logger(log), name, max_lines=lines) if lines else None
+    job = execute_job(
         command,
         publisher=publisher,
         context=context,
@@ -253,12 +296,20 @@ def run_job(
         s3=s3,
         ipfs=ipfs,
         local=local,
+        name=name,
+        log=output_log,
+        allowed_local_paths=allowed_local_paths,
     )
-    log.info("job %s exited with %d", context.job_id, code)
-    key = None
-    if published is not None:
-        log.info("published: %s", published.model_dump_json(by_alias=True, exclude_none=True))
-        key = record_published(published, context, s3=s3, ipfs=ipfs)
-    if fail_on_nonzero and code != 0:
-        raise PublishError(f"job {context.job_id} exited with {code} (its results were published)")
-    return JobResult(exit_code=code, published=published, context=context, artifact_key=key)
+    context = job.context
+    log.info("job %s: %s exited with %d", name, context.job_id, job.exit_code)
+    if job.published is not None:
+        log.info("published: %s", job.published.model_dump_json(by_alias=True, exclude_none=True))
+        key = record_published(job.published, context, s3=s3, ipfs=ipfs, name=name)
+        job = job.model_copy(update={"artifact_key": key})
+    job = job.model_copy(update=_ids())
+    if fail_on_nonzero and job.exit_code != 0:
+        raise PublishError(
+            f"job {name} ({context.job_id}) exited with {job.exit_code}"
+            + (" (its results were published)" if job.published is not None else "")
+        )
+    return job

@@ -58,3 +58,54 @@ def test_lives_in_prefect_home_unless_pbp_journal(tmp_path: Path, monkeypatch: p
             journal.journal_path()
             == tmp_path / "profile-home" / "prefect-bacalhau-publish" / "s3-pending.json"
         )
+
+
+_BOTH = (
+    "import sys; from prefect_bacalhau_publish import journal; light = journal.journal_path();"
+    "loaded = 'prefect' in sys.modules; import prefect.settings; print(light, loaded, journal.journal_path())"
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "env", "home"),
+    [
+        ({}, {}, "user/.prefect"),  # nothing set: Prefect's default, found without importing Prefect
+        ({}, {"PREFECT_HOME": "{tmp}/env-home"}, "env-home"),
+        ({".env": "PREFECT_HOME={tmp}/dotenv-home\n"}, {}, "dotenv-home"),
+        ({"prefect.toml": 'home = "{tmp}/toml-home"\n'}, {}, "toml-home"),
+        (
+            {
+                "user/.prefect/profiles.toml": 'active = "p"\n[profiles.p]\nPREFECT_HOME = "{tmp}/profile-home"\n'
+            },
+            {},
+            "profile-home",
+        ),
+    ],
+)
+def test_home_found_as_prefect_finds_it(
+    tmp_path: Path, files: dict[str, str], env: dict[str, str], home: str
+) -> None:
+    """Fresh processes: the path found before Prefect is imported is the one Prefect's settings give."""
+    import os
+    import subprocess
+    import sys
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text.format(tmp=tmp_path))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PBP_"))}
+    settings = {name: value.format(tmp=tmp_path) for name, value in env.items()}
+    done = subprocess.run(
+        [sys.executable, "-c", _BOTH],
+        env={**clean, **settings, "HOME": str(tmp_path / "user")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    light, loaded, prefects = done.stdout.split()
+    expected = tmp_path / home / "prefect-bacalhau-publish" / "s3-pending.json"
+    assert light == prefects == str(expected)
+    assert loaded == str(bool(files))  # Prefect is asked only when a settings file could move the home

@@ -151,7 +151,7 @@ def test_source_types_and_errors() -> None:
         "Params": {"SourcePath": "/data", "ReadWrite": True},
     }
     with pytest.raises(
-        ValidationError, match="supported types: s3, s3PreSigned, ipfs, urlDownload, localDirectory"
+        ValidationError, match="supported types: s3, s3PreSigned, ipfs, urlDownload, local, localDirectory"
     ):
         SourceSpec.model_validate({"Type": "inline"})
     with pytest.raises(ValidationError, match="URL must be http"):

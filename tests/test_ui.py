@@ -220,3 +220,11 @@ def test_blocks_saved_by_setup_are_visible_and_editable_in_the_ui(
         ).wait_for()
         page.get_by_text("S3Storage.load(").first.wait_for()
         page.screenshot(path=str(tmp_path / "catalog.png"), full_page=True)
+
+
+def test_flow_run_page_shows_a_jobs_stdout_line(ui_run: ChainRun, page: Page, tmp_path: Path) -> None:
+    # issue #23: what the job printed is in the run's logs, named for the job (flows/chain.py's job A)
+    with screenshot_on_failure(page, tmp_path, "job-output-in-logs"):
+        page.goto(f"{ui_run.server.url}/runs/flow-run/{ui_run.flow_run_id}")
+        page.get_by_text("[job-a stdout] job A wrote 1000 numbers").first.wait_for()
+        page.screenshot(path=str(tmp_path / "job-output-in-logs.png"), full_page=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from prefect_bacalhau_publish.errors import PublishError
+from prefect_bacalhau_publish.progress import advance
 
 from .checks import _kind, _link_problem
 from .codec import CHUNK, DEFAULT_COMPRESSOR, Compressor, _Deflater, _deflater
@@ -123,7 +124,10 @@ class _GzipSink:
             view = view[n:]
 
     def read_from(self, fd: int, size: int, path: str) -> int:
-        """Append up to ``size`` bytes read from ``fd`` (straight into the chunk buffer); return the count."""
+        """Append up to ``size`` bytes read from ``fd`` (straight into the chunk buffer); return the count.
+
+        Each read is reported to `progress.advance`: a publish's progress is the result folder's bytes read.
+        """
         done = 0
         while done < size:
             if self._fill == CHUNK:
@@ -138,6 +142,7 @@ class _GzipSink:
             self._fill += n
             self.offset += n
             done += n
+            advance(n)
         return done
 
     def finish(self) -> str:

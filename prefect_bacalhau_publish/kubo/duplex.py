@@ -11,6 +11,7 @@ per request, as Kubo closes them anyway). Trailers such as `X-Stream-Error` land
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import socket
 import threading
 from collections.abc import Iterator
@@ -34,7 +35,13 @@ class _Exchange:
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self.trailers: dict[str, str] = {}
-        self.writer = threading.Thread(target=self._write_body, name="kubo-request-body", daemon=True)
+        # the body is produced in the caller's context (its reads count towards the caller's transfer)
+        self.writer = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._write_body,),
+            name="kubo-request-body",
+            daemon=True,
+        )
 
     def send(self, event: h11.Event) -> None:
         with self.lock:

@@ -309,6 +309,16 @@ class KuboClient:
             raise self._error(f"Kubo at {self.api_url} sent no statistics for {cid}")
         return int(stats[0].get("NumBlocks", 0))
 
+    def cumulative_size(self, cid: str) -> int | None:
+        """The bytes of the DAG under `cid` (all its blocks) as its root block records them (`files/stat`,
+        offline: never waits for the network); None when the node lacks the root block or cannot say."""
+        try:
+            answer = self._json("/files/stat", {"arg": f"/ipfs/{cid}", "offline": "true"})
+        except (IPFSPublishError, FetchError):
+            return None
+        size = answer.get("CumulativeSize") if isinstance(answer, dict) else None
+        return size if isinstance(size, int) and size >= 0 else None
+
     @contextlib.contextmanager
     def dag_export(self, cid: str) -> Iterator[Iterator[bytes]]:
         """Stream the CAR (v1) of the whole DAG under `cid`."""

@@ -272,10 +272,13 @@ def build_tree(
     return visit(root)
 
 
-def iter_blocks(root: Entry, params: ImportParams) -> Generator[tuple[bytes, bytes], None, Link]:
+def iter_blocks(
+    root: Entry, params: ImportParams, read: Callable[[int], object] | None = None
+) -> Generator[tuple[bytes, bytes], None, Link]:
     """Read and import a scanned tree, yielding each block as (binary CID, bytes); returns the root link.
 
     Blocks come out as soon as they are built (a file's leaves while it is read), so memory stays flat.
+    `read(nbytes)` is called for every piece of file content read.
     """
     ready: list[tuple[bytes, bytes]] = []
 
@@ -299,6 +302,8 @@ def iter_blocks(root: Entry, params: ImportParams) -> Generator[tuple[bytes, byt
             with open(entry.path, "rb") as handle:
                 while chunk := handle.read(params.chunk_size):
                     builder.write(chunk)
+                    if read is not None:
+                        read(len(chunk))
                     yield from drain()
             link = builder.finish()
         yield from drain()

@@ -154,7 +154,7 @@ def _publish_by_add(client: KuboClient, tree: Entry, params: ImportParams, profi
 def _car_stream(tree: Entry, params: ImportParams, root: Link) -> Iterator[bytes]:
     """The CAR of the folder: header with the known root, then every block as it is rebuilt."""
     yield encode_header([root.cid])
-    blocks = iter_blocks(tree, params)
+    blocks = iter_blocks(tree, params, advance)  # progress: the second read of the files, as they are sent
     while True:
         try:
             cid, block = next(blocks)

@@ -16,12 +16,15 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..archive import ArchiveInfo, write_archive
-from ..blocks import LocalResultServer
 from ..errors import LocalPublishError, PublishError
-from ..naming import ARCHIVE_SUFFIX, SIDECAR_SUFFIX, is_archive_name
+from ..naming import ARCHIVE_SUFFIX, DEFAULT_PORT, SIDECAR_SUFFIX, default_storage_dir, is_archive_name
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+
+if TYPE_CHECKING:
+    from ..blocks import LocalResultServer
 
 __all__ = ["archive_name", "publish"]
 
@@ -50,9 +53,11 @@ def publish(
     """Write `result_dir`'s archive into the storage folder and return its `urlDownload` result."""
     if spec.type != "local":
         raise LocalPublishError(f"invalid publisher type. expected local, but received: {spec.type}")
-    server = target if target is not None else LocalResultServer()
     name = archive_name(context.execution_id)
-    storage = Path(server.storage_dir).expanduser()
+    if target is not None:
+        storage, base_url = Path(target.storage_dir).expanduser(), target.base_url()
+    else:  # a default LocalResultServer's, without importing Prefect for its Block class
+        storage, base_url = default_storage_dir(), f"http://127.0.0.1:{DEFAULT_PORT}"
     started = time.perf_counter()
     try:
         if not storage.is_dir():
@@ -61,7 +66,7 @@ def publish(
     except OSError as exc:
         raise LocalPublishError(f"cannot create the storage folder {storage}: {exc.strerror}") from None
     info = _write(result_dir, storage, name)
-    url = f"{server.base_url()}/{name}"
+    url = f"{base_url}/{name}"
     logger.info(
         "published %s (%d bytes, sha256 %s) in %.2fs",
         url,

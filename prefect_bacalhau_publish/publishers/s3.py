@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .. import journal
+from .. import journal, progress
 from ..archive import write_archive
-from ..blocks import S3Storage, S3Target
 from ..errors import S3PublishError
 from ..naming import render_key
+from ..s3access import S3Access, s3_access
 from ..s3errors import error_code, is_client_error, is_denied, wrapped
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 from .s3_plain import upload_files
@@ -30,6 +29,8 @@ from .s3_stream import PartSink, upload_stream
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from ..blocks import S3Target
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
@@ -41,7 +42,7 @@ def publish(
 ) -> PublishedResult:
     """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec."""
     params = spec.s3
-    storage = S3Storage.coerce(target)
+    storage = s3_access(target)
     endpoint, region = storage.resolve(params.endpoint, params.region)
     client = storage.get_client(params.endpoint, params.region)
     key = render_key(params.key, context=context, archive=params.archived)
@@ -103,7 +104,7 @@ _PARTS_IN_FLIGHT = 2
 
 
 def _upload_archive(
-    client: S3Client, storage: S3Storage, result_dir: Path, bucket: str, key: str, endpoint: str | None
+    client: S3Client, storage: S3Access, result_dir: Path, bucket: str, key: str, endpoint: str | None
 ) -> dict[str, Any]:
     """Stream the deterministic tar.gz to S3 while it is written, and verify the checksum S3 stored.
 
@@ -121,7 +122,7 @@ def _upload_archive(
         except BaseException as exc:  # handed to the uploader, which raises it
             sink.fail(exc)
 
-    producer = threading.Thread(target=produce, name="pbp-archive", daemon=True)
+    producer = progress.thread(produce, "pbp-archive")  # in this context: its reads are this publish's
     producer.start()
     upload_ids: list[str] = []
     try:
@@ -165,7 +166,7 @@ def _walk_files(root: Path) -> Iterator[Path]:
 
 def _upload_plain(
     client: S3Client,
-    storage: S3Storage,
+    storage: S3Access,
     result_dir: Path,
     bucket: str,
     prefix: str,

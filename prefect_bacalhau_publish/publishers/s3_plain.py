@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..progress import advance
+from ..progress import advance, submit
 from ..s3errors import StoreNotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from ..blocks import S3Storage
+    from ..s3access import S3Access
 
 __all__ = ["obstore_can_carry", "upload_files"]
 
@@ -36,7 +36,7 @@ def obstore_can_carry(key: str) -> bool:
 
 
 def upload_files(
-    storage: S3Storage,
+    storage: S3Access,
     client: S3Client,
     bucket: str,
     files: list[tuple[Path, str]],
@@ -88,7 +88,7 @@ def upload_files(
             raise StoreNotFound(str(exc)) from None
 
     with ThreadPoolExecutor(max_workers=storage.max_concurrency, thread_name_prefix="pbp-s3-plain") as pool:
-        futures: list[Any] = [pool.submit(upload, item) for item in files]
+        futures: list[Any] = [submit(pool, upload, item) for item in files]
         try:
             for future in futures:
                 future.result()

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..checksums import b64, composite
 from ..errors import S3PublishError
-from ..progress import advance
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -92,8 +91,7 @@ class PartSink:
             view = view[take:]
             if self._fill == self.part_size:
                 self._emit(final=False)
-        self.size += total
-        advance(total)
+        self.size += total  # progress is counted where the archive reads the files, not here
         return total
 
     def flush(self) -> None:

@@ -4,16 +4,22 @@
 A folder-like input (S3 prefix, IPFS directory, extracted archive) becomes a folder at `dest`; a single
 S3 object or URL becomes a folder at `dest` holding that one file, named after the last part of its key
 or URL (as Bacalhau mounts it); an IPFS file CID becomes a file at `dest` (as Bacalhau mounts a CID).
-On any failure `dest` is left as it was.
+A `local` input (a path on this machine, allow-listed) is copied to `dest` as the file or folder it is, or,
+read-write, linked there. On any failure `dest` is left as it was.
+
+A fetcher reports the bytes it receives with `progress.advance` and, once it knows it, their total with
+`progress.expect`; `fetch_source` meters every fetch (`transfer.metered`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..specs import SourceSpec
+from ..transfer import location, metered, tree_size
 
 __all__ = ["Source", "get_source"]
 
@@ -29,7 +35,18 @@ _MODULES = {
     "s3PreSigned": "s3",
     "ipfs": "ipfs",
     "urlDownload": "url",
-    "localDirectory": "local_directory",
+    "local": "local",
+    "localDirectory": "local",
+}
+
+# which keyword of `fetch_source` each Type's fetcher gets as its `target`
+_TARGETS = {
+    "s3": "s3",
+    "s3PreSigned": "s3",
+    "ipfs": "ipfs",
+    "urlDownload": "local",
+    "local": "allowed_local_paths",
+    "localDirectory": "allowed_local_paths",
 }
 
 
@@ -41,10 +58,23 @@ def get_source(type_: str) -> Source:
 
 
 def fetch_source(
-    source: SourceSpec, dest: Path, *, s3: Any = None, ipfs: Any = None, local: Any = None
+    source: SourceSpec,
+    dest: Path,
+    *,
+    s3: Any = None,
+    ipfs: Any = None,
+    local: Any = None,
+    allowed_local_paths: Sequence[str] | None = None,
 ) -> Path:
-    """Materialise one source at `dest` with the fetcher for its Type and the matching block."""
-    target = {"s3": s3, "s3PreSigned": s3, "ipfs": ipfs, "urlDownload": local, "localDirectory": None}[
-        source.type
-    ]
-    return get_source(source.type)(source, dest, target)
+    """Materialise one source at `dest` with the fetcher for its Type and the matching block.
+
+    `allowed_local_paths` is the allow-list for `local`/`localDirectory` inputs (None: `$PBP_ALLOWED_LOCAL_PATHS`).
+    """
+    given = {"s3": s3, "ipfs": ipfs, "local": local, "allowed_local_paths": allowed_local_paths}
+    with metered("fetched", "from", location(source.params)) as transfer:
+        path = get_source(source.type)(source, dest, given[_TARGETS[source.type]])
+        if not path.is_symlink():  # a read-write local input is linked: nothing moved
+            transfer.files, size = tree_size(path)
+            if transfer.meter.moved == 0:  # a fetcher that counts nothing (a local copy): what landed
+                transfer.nbytes = size
+    return path

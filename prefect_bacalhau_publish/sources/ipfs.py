@@ -17,18 +17,31 @@ from ..kubo.car import CarStore
 from ..kubo.cid import CID
 from ..kubo.export import export_dag
 from ..kubo.rpc import KuboClient
-from ..progress import advance
+from ..progress import advance, expect
 from ..specs import IPFSParams, SourceSpec
 from .place import check_dest, place
 
 __all__ = ["fetch", "fetch_cid"]
 
+_ROOT_ARRIVED = 1 << 20
+"""CAR bytes after which the root block (sent first) is surely on the node, so its size can be read."""
+
 
 def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
+    """Save the DAG's CAR; its size is announced (`expect`) as soon as the node holds the root block."""
+    total = client.cumulative_size(str(cid))
+    if total is not None:
+        expect(total)
+    got = 0
     with client.dag_export(str(cid)) as chunks, open(car_path, "wb") as handle:
         for chunk in chunks:
             handle.write(chunk)
             advance(len(chunk))
+            got += len(chunk)
+            if total is None and got >= _ROOT_ARRIVED:  # the root, the first block, came from the network
+                total = client.cumulative_size(str(cid)) or 0
+                if total:
+                    expect(total)
 
 
 def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:

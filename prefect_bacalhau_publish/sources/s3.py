@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..blocks import S3Storage, S3Target
 from ..checksums import ChecksumVerifier, PartHasher, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
-from ..progress import advance
+from ..progress import advance, expect, submit
+from ..s3access import s3_access
 from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
@@ -24,6 +24,8 @@ from .tail import extract_while_downloading
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from ..blocks import S3Target
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
@@ -38,6 +40,7 @@ class _Object:
     etag: str | None = None
     version_id: str | None = None
     is_dir: bool = False
+    size: int = 0
 
 
 def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
@@ -46,8 +49,8 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
     if not isinstance(params, S3Params):
         raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
     if isinstance(params, S3PreSignedParams):
-        return _fetch_presigned(params, dest, S3Storage.coerce(target).tls_verify())
-    storage = S3Storage.coerce(target)
+        return _fetch_presigned(params, dest, s3_access(target).tls_verify())
+    storage = s3_access(target)
     endpoint = params.endpoint or storage.endpoint_url
     client = storage.get_client(params.endpoint, params.region)
     try:
@@ -55,6 +58,7 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
             staging = tmp / "content"
             staging.mkdir()
             objects = _explode_key(client, params)
+            expect(sum(obj.size for obj in objects))
             if params.extract and not params.is_prefix:
                 if len(objects) != 1 or objects[0].is_dir:
                     raise FetchError(
@@ -108,6 +112,8 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
                     " (expired or revoked URL? ask for a new one)"
                 )
             expected = int(response.headers.get("content-length", -1))
+            if expected >= 0:
+                expect(expected)
             verifier = None
             if params.checksum_sha256:
                 if expected < 0 and is_composite(params.checksum_sha256):
@@ -150,7 +156,9 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
                 f"expected {params.checksum_sha256}, got {got}"
             )
         if not str(head.get("ContentType", "")).startswith("application/x-directory"):
-            return [_Object(params.key, head.get("ETag"), params.version_id)]
+            return [
+                _Object(params.key, head.get("ETag"), params.version_id, size=head.get("ContentLength", 0))
+            ]
     prefix = params.key.rstrip("*")
     pattern = re.compile(params.filter) if params.filter else None
     found: list[_Object] = []
@@ -160,7 +168,7 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
                 key = item["Key"]
                 if pattern is not None and not pattern.search(key[len(prefix) :]):
                     continue
-                found.append(_Object(key, item.get("ETag"), None, key.endswith("/")))
+                found.append(_Object(key, item.get("ETag"), None, key.endswith("/"), item.get("Size", 0)))
     except ClientError as exc:
         if not is_denied(exc):
             raise
@@ -212,7 +220,8 @@ def _download_all(
             download_verified(client, params.bucket, obj, out, checksum)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(download, files))
+        for future in [submit(pool, download, item) for item in files]:
+            future.result()
 
 
 def download_verified(

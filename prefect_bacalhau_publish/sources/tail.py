@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from .. import progress
 from ..archive import extract_archive
 from ..errors import FetchError
 
@@ -135,7 +136,7 @@ def extract_while_downloading(archive: Path, download: Callable[[BinaryIO], T], 
                     growth.finished = True
                     growth.cond.notify_all()
 
-        worker = threading.Thread(target=run, name="pbp-download", daemon=True)
+        worker = progress.thread(run, "pbp-download")  # in this context: its bytes are this fetch's
         worker.start()
         tail = _Tail(archive, growth)
         extracted: BaseException | None = None

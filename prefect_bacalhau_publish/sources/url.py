@@ -16,17 +16,19 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 import httpx
 
-from ..blocks import LocalResultServer
 from ..errors import ChecksumMismatchError, FetchError
-from ..progress import advance
+from ..progress import advance, expect
 from ..specs import SourceSpec, URLParams
 from .place import beside, check_dest, place
 from .tail import extract_while_downloading
+
+if TYPE_CHECKING:
+    from ..blocks import LocalResultServer
 
 __all__ = ["RESUMES", "expected_sha256", "fetch", "file_name"]
 
@@ -187,6 +189,8 @@ def _restart(response: httpx.Response, out: BinaryIO, state: _Progress) -> None:
     state.digest = expected_sha256(response.headers)
     state.etag = etag if etag and not etag.startswith("W/") else None
     state.resumable = state.size is not None and response.headers.get("accept-ranges", "").lower() == "bytes"
+    if state.size is not None:
+        expect(state.size)
 
 
 def _check_content_range(url: str, response: httpx.Response, state: _Progress) -> None:

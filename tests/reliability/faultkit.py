@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prefect_bacalhau_publish import progress
+
 BOUND = 120.0  # seconds any single wait may take
 MiB = 1024 * 1024
 
@@ -36,7 +38,8 @@ class Gate:
 
 @contextmanager
 def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[Any], list[BaseException]]]:
-    """Run `work` in a thread; yields (thread, results, errors) and joins it (bounded) on exit."""
+    """Run `work` in a thread (in this context: progress listeners entered before hear it); yields
+    (thread, results, errors) and joins it (bounded) on exit."""
     results: list[Any] = []
     errors: list[BaseException] = []
 
@@ -46,7 +49,7 @@ def in_thread(work: Callable[[], Any]) -> Iterator[tuple[threading.Thread, list[
         except BaseException as exc:
             errors.append(exc)
 
-    worker = threading.Thread(target=run, name="transfer-under-test", daemon=True)
+    worker = progress.thread(run, "transfer-under-test")
     worker.start()
     try:
         yield worker, results, errors

@@ -1,0 +1,179 @@
+"""S3 clients and obstore stores from S3 settings, without Prefect: what the `S3Storage` block and
+`DefaultS3` (an `s3=None`, no block at all) share.
+
+Nothing here imports Prefect, and boto3 or obstore only once a client or store is built, so publishing or
+fetching with boto3's default credential chain (the CLI without `--s3-block`) never pays for Prefect.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from prefect_aws import AwsCredentials, MinIOCredentials
+
+    from .blocks import S3Target
+
+__all__ = ["DefaultS3", "S3Access", "s3_access"]
+
+MiB = 1024 * 1024
+MULTIPART_THRESHOLD = 8 * MiB
+MULTIPART_CHUNKSIZE = 16 * MiB
+MAX_CONCURRENCY = 8
+PRESIGN_EXPIRY = timedelta(hours=1)
+_CLIENT_LOCK = threading.Lock()
+
+
+class S3Access:
+    """Builds boto3 clients and obstore stores from the settings a subclass holds (`S3Storage`, `DefaultS3`)."""
+
+    if TYPE_CHECKING:
+        credentials: AwsCredentials | MinIOCredentials | None
+        endpoint_url: str | None
+        region_name: str | None
+        presign_expiry: timedelta
+        multipart_threshold: int
+        multipart_chunksize: int
+        max_concurrency: int
+        _clients: dict[tuple[Any, ...], tuple[Any, S3Client]]
+
+    def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
+        """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's.
+
+        Clients are thread-safe and costly to build, so one per setting is kept on this block.
+        """
+        key = (
+            endpoint or self.endpoint_url,
+            region or self.region_name,
+            id(self.credentials),
+            self.max_concurrency,
+        )
+        with _CLIENT_LOCK:
+            cached = self._clients.get(key)
+            if cached is None or cached[0] is not self.credentials:
+                cached = self._clients[key] = (self.credentials, self._new_client(endpoint, region))
+            return cached[1]
+
+    def _session(self) -> Any:
+        import boto3
+
+        return self.credentials.get_boto3_session() if self.credentials is not None else boto3.Session()
+
+    def _client_parameters(self) -> dict[str, Any]:
+        """The credentials block's `aws_client_parameters` as boto3 client arguments (verify, use_ssl, ...)."""
+        if self.credentials is None:
+            return {}
+        params: dict[str, Any] = self.credentials.aws_client_parameters.get_params_override()
+        return params
+
+    def tls_verify(self) -> bool | str:
+        """How https endpoints are verified: True (system CAs), False, or a CA bundle's path."""
+        verify = self._client_parameters().get("verify", True)
+        return verify if isinstance(verify, bool) else str(verify)
+
+    def resolve(self, endpoint: str | None = None, region: str | None = None) -> tuple[str | None, str]:
+        """The endpoint URL (None: AWS) and region used for a spec's `Endpoint`/`Region` overrides."""
+        endpoint = endpoint or self.endpoint_url or self._client_parameters().get("endpoint_url")
+        credentials_region = getattr(self.credentials, "region_name", None)
+        region = region or self.region_name or credentials_region or self._session().region_name
+        return endpoint, region or "us-east-1"
+
+    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
+        from botocore.config import Config
+
+        params = self._client_parameters()
+        params.pop("endpoint_url", None)
+        user_config = params.pop("config", None)
+        endpoint, region = self.resolve(endpoint, region)
+        config = Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=max(10, self.max_concurrency * 2),
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if endpoint else None,
+        )
+        if user_config is not None:
+            config = config.merge(user_config)
+        client: S3Client = self._session().client(
+            "s3", endpoint_url=endpoint, region_name=region, config=config, **params
+        )
+        for operation in ("PutObject", "UploadPart"):
+            client.meta.events.register(f"before-sign.s3.{operation}", _payload_hash_from_checksum)
+        return client
+
+    def get_store(self, bucket: str, endpoint: str | None = None, region: str | None = None) -> Any:
+        """An obstore `S3Store` for `bucket` with the same credentials, endpoint, region and TLS settings as
+        `get_client`; it asks S3 to verify a SHA-256 checksum of every object and part it uploads."""
+        from obstore.auth.boto3 import Boto3CredentialProvider
+        from obstore.store import S3Store
+
+        endpoint, region = self.resolve(endpoint, region)
+        options: dict[str, Any] = {"connect_timeout": "10s", "timeout": "300s"}
+        if endpoint is not None and endpoint.startswith("http://"):
+            options["allow_http"] = True
+        verify = self.tls_verify()
+        if verify is False:
+            options["allow_invalid_certificates"] = True
+        elif isinstance(verify, str):
+            options["root_certificate"] = Path(verify).read_bytes()
+        config: dict[str, Any] = {"region": region, "checksum_algorithm": "SHA256"}
+        if endpoint is not None:
+            config.update(endpoint=endpoint, virtual_hosted_style_request=False)
+        session = self._session()
+        if session.get_credentials() is None:
+            # boto3's chain found nothing: say so as boto3 does, rather than let obstore's own chain try
+            # the instance metadata service.
+            from botocore.exceptions import NoCredentialsError
+
+            raise NoCredentialsError()
+        provider = Boto3CredentialProvider(session)
+        return S3Store(
+            bucket,
+            config=config,  # type: ignore[arg-type]
+            client_options=options,  # type: ignore[arg-type]
+            retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+            credential_provider=provider,
+        )
+
+
+@dataclass(frozen=True)
+class DefaultS3(S3Access):
+    """What `s3=None` means: boto3's default credential chain with `S3Storage`'s defaults (no Prefect)."""
+
+    credentials: None = None
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    presign_expiry: timedelta = PRESIGN_EXPIRY
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    multipart_chunksize: int = MULTIPART_CHUNKSIZE
+    max_concurrency: int = MAX_CONCURRENCY
+    _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+
+def s3_access(target: S3Target | S3Access | None) -> S3Access:
+    """How to reach S3 from any `s3=` argument: `DefaultS3()` for None (Prefect stays unimported), else the
+    block as `S3Storage.coerce` makes it."""
+    if target is None:
+        return DefaultS3()
+    if isinstance(target, S3Access):
+        return target
+    from .blocks import S3Storage
+
+    return S3Storage.coerce(target)
+
+
+def _payload_hash_from_checksum(request: Any, **_: Any) -> None:
+    """Sign a PUT with the SHA-256 it already carries as `x-amz-checksum-sha256` instead of hashing the
+    body once more (botocore hashes every body sent over plain http): the same digest, one pass."""
+    checksum = request.headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in request.headers:
+        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()

@@ -1,0 +1,128 @@
+"""Awaitable twins of the tasks: `arun_job`, `apublish_result`, `afetch_inputs`, `aget_result`.
+
+Each is a Prefect task of its own that runs the sync task's body in a worker thread (the event loop stays
+free; the thread sees the task run's context, so logs and artifacts land on this run). In async code the sync
+names hand over to these (see dispatch.py), so `await run_job(...)` and `await arun_job(...)` are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from . import runnames, tasks
+from .blocks import IPFSNode, LocalResultServer, S3Target
+from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult
+from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath
+
+__all__ = ["afetch_inputs", "aget_result", "apublish_result", "arun_job"]
+
+_RETRY: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": tasks.retry_transient,
+}
+
+
+@task(name="publish_result", task_run_name=runnames.publish_result_name, **_RETRY)
+async def apublish_result(
+    result_dir: Path | str,
+    spec: PublisherSpec | Mapping[str, Any] | str,
+    *,
+    context: ExecutionContext | None = None,
+    s3: S3Target | None = None,
+    ipfs: IPFSNode | None = None,
+    local: LocalResultServer | None = None,
+) -> PublishedResult:
+    """Awaitable `publish_result`."""
+    return await asyncio.to_thread(
+        tasks.publish_result.fn, result_dir, spec, context=context, s3=s3, ipfs=ipfs, local=local
+    )
+
+
+@task(name="fetch_inputs", task_run_name=runnames.fetch_inputs_name, **_RETRY)
+async def afetch_inputs(
+    inputs: Sequence[InputSource],
+    root: Path | str,
+    *,
+    s3: S3Target | None = None,
+    ipfs: IPFSNode | None = None,
+    local: LocalResultServer | None = None,
+    allowed_local_paths: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Awaitable `fetch_inputs`."""
+    return await asyncio.to_thread(
+        tasks.fetch_inputs.fn,
+        inputs,
+        root,
+        s3=s3,
+        ipfs=ipfs,
+        local=local,
+        allowed_local_paths=allowed_local_paths,
+    )
+
+
+@task(name="get_result", task_run_name=runnames.get_result_name, **_RETRY)
+async def aget_result(
+    result: PublishedResult | Mapping[str, Any] | str | Path,
+    dest: Path | str,
+    *,
+    s3: S3Target | None = None,
+    ipfs: IPFSNode | None = None,
+    local: LocalResultServer | None = None,
+    presigned: bool = False,
+) -> Path:
+    """Awaitable `get_result`."""
+    return await asyncio.to_thread(
+        tasks.get_result.fn, result, dest, s3=s3, ipfs=ipfs, local=local, presigned=presigned
+    )
+
+
+@task(
+    name="run_job",
+    task_run_name=runnames.run_job_name,
+    **{**_RETRY, "retries": 1, "retry_delay_seconds": [2]},
+)
+async def arun_job(
+    command: JobCommand,
+    *,
+    publisher: PublisherSpec | Mapping[str, Any] | str | None,
+    inputs: Sequence[InputSource] = (),
+    result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    job_id: str | None = None,
+    node_id: str | None = None,
+    s3: S3Target | None = None,
+    ipfs: IPFSNode | None = None,
+    local: LocalResultServer | None = None,
+    fail_on_nonzero: bool = False,
+    name: str | None = None,
+    log_output: bool | int = True,
+    allowed_local_paths: Sequence[str] | None = None,
+) -> JobResult:
+    """Awaitable `run_job`: the job runs in its own process (a command, or a callable), awaited off the loop."""
+    return await asyncio.to_thread(
+        tasks.run_job.fn,
+        command,
+        publisher=publisher,
+        inputs=inputs,
+        result_paths=result_paths,
+        env=env,
+        timeout=timeout,
+        job_id=job_id,
+        node_id=node_id,
+        s3=s3,
+        ipfs=ipfs,
+        local=local,
+        fail_on_nonzero=fail_on_nonzero,
+        name=name,
+        log_output=log_output,
+        allowed_local_paths=allowed_local_paths,
+    )
