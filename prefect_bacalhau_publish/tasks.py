@@ -75,6 +75,17 @@ def retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+TRANSFER_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": retry_transient,
+}
+"""Task options of publish/fetch/get and their async twins: no cache, retries on transient failures only."""
+JOB_OPTIONS: dict[str, Any] = {**TRANSFER_OPTIONS, "retries": 1, "retry_delay_seconds": [2]}
+"""Task options of `run_job` and `arun_job`: one retry (a job may be costly to run again)."""
+
+
 def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec:
     """A PublisherSpec from itself, its Bacalhau JSON object, or Bacalhau's CLI syntax; SpecError if malformed."""
     if isinstance(spec, PublisherSpec):
@@ -144,10 +155,7 @@ def record_published(
     "prefect_bacalhau_publish.tasks_async:apublish_result",
     name="publish_result",
     task_run_name=publish_result_name,
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_transient,
+    **TRANSFER_OPTIONS,
 )
 def publish_result(
     result_dir: Path | str,
@@ -182,10 +190,7 @@ def publish_result(
     "prefect_bacalhau_publish.tasks_async:afetch_inputs",
     name="fetch_inputs",
     task_run_name=fetch_inputs_name,
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_transient,
+    **TRANSFER_OPTIONS,
 )
 def fetch_inputs(
     inputs: Sequence[InputSource],
@@ -211,10 +216,7 @@ def fetch_inputs(
     "prefect_bacalhau_publish.tasks_async:aget_result",
     name="get_result",
     task_run_name=get_result_name,
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_transient,
+    **TRANSFER_OPTIONS,
 )
 def get_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
@@ -240,10 +242,7 @@ def get_result(
     "prefect_bacalhau_publish.tasks_async:arun_job",
     name="run_job",
     task_run_name=run_job_name,
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=[2],
-    retry_condition_fn=retry_transient,
+    **JOB_OPTIONS,
 )
 def run_job(
     command: JobCommand,

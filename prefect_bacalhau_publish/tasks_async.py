@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from . import runnames, tasks
 from .blocks import IPFSNode, LocalResultServer, S3Target
@@ -22,15 +21,8 @@ from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec
 
 __all__ = ["afetch_inputs", "aget_result", "apublish_result", "arun_job"]
 
-_RETRY: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "retries": 2,
-    "retry_delay_seconds": [1, 5],
-    "retry_condition_fn": tasks.retry_transient,
-}
 
-
-@task(name="publish_result", task_run_name=runnames.publish_result_name, **_RETRY)
+@task(name="publish_result", task_run_name=runnames.publish_result_name, **tasks.TRANSFER_OPTIONS)
 async def apublish_result(
     result_dir: Path | str,
     spec: PublisherSpec | Mapping[str, Any] | str,
@@ -46,7 +38,7 @@ async def apublish_result(
     )
 
 
-@task(name="fetch_inputs", task_run_name=runnames.fetch_inputs_name, **_RETRY)
+@task(name="fetch_inputs", task_run_name=runnames.fetch_inputs_name, **tasks.TRANSFER_OPTIONS)
 async def afetch_inputs(
     inputs: Sequence[InputSource],
     root: Path | str,
@@ -68,7 +60,7 @@ async def afetch_inputs(
     )
 
 
-@task(name="get_result", task_run_name=runnames.get_result_name, **_RETRY)
+@task(name="get_result", task_run_name=runnames.get_result_name, **tasks.TRANSFER_OPTIONS)
 async def aget_result(
     result: PublishedResult | Mapping[str, Any] | str | Path,
     dest: Path | str,
@@ -87,7 +79,7 @@ async def aget_result(
 @task(
     name="run_job",
     task_run_name=runnames.run_job_name,
-    **{**_RETRY, "retries": 1, "retry_delay_seconds": [2]},
+    **tasks.JOB_OPTIONS,
 )
 async def arun_job(
     command: JobCommand,

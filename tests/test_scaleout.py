@@ -4,7 +4,6 @@ processes) through prefect-dask's DaskTaskRunner; and the fan-out flow on Prefec
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -14,13 +13,12 @@ from typing import Any, TypeVar
 
 import pytest
 from prefect.blocks.core import Block
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_dask import DaskTaskRunner
 
 from prefect_bacalhau_publish import PublishedResult, S3Storage, get_result
 from prefect_bacalhau_publish.specs import S3Params
 from prefect_bacalhau_publish.testing import MinioServer
+from tests.test_watching import task_runs
 
 B = TypeVar("B", bound=Block)
 
@@ -59,16 +57,6 @@ def s3_block(minio: MinioServer) -> str:
     return name
 
 
-def _task_runs(flow_run_id: Any) -> list[Any]:
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-
-    return asyncio.run(read())
-
-
 def _check_fanout(
     state: Any, s3_block: str, tmp_path: Path, parts: int, encoding: str
 ) -> tuple[list[PublishedResult], set[int]]:
@@ -100,7 +88,7 @@ def _check_fanout(
     total = get_result.fn(collected, tmp_path / "collected", s3=storage)
     assert (total / "outputs" / "total.txt").read_text() == f"{TOTAL}\n"
     assert (total / "stdout").read_text() == f"collected: {TOTAL}\n"
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id)
     assert len(runs) == parts + 2 and all(run.state.is_completed() for run in runs)
     return results, pids
 
@@ -127,7 +115,7 @@ def test_chain_flow_on_a_dask_cluster(s3_block: str, bucket: str, tmp_path: Path
     dest = get_result.fn(b, tmp_path / "b", s3=load(S3Storage, s3_block))
     assert (dest / "outputs" / "sum.txt").read_text() == f"{TOTAL}\n"
     assert (dest / "outputs" / "job-a-stdout.txt").read_text() == "job A wrote 1000 numbers\n"
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = task_runs(state.state_details.flow_run_id)
     assert len(runs) == 2 and all(run.state.is_completed() for run in runs)
 
 
