@@ -11,7 +11,8 @@ W5  `get spec.json -o DIR` of that folder published to S3 (S3 API, and `--presig
 
     .venv/bin/python bench/bench_cli.py --size-mib 1024 --runs 3      (--only S,W5 --size-mib 32: a quick look)
 
-The CLI runs without any block, with the AWS_* variables for credentials, its stderr on a pseudo-terminal
+The CLI runs without any block, with the AWS_* variables for credentials, bytecode caches allowed (as in
+a user's install, whatever PYTHONDONTWRITEBYTECODE says here), its stderr on a pseudo-terminal
 (so its progress bar is drawn, as in a shell) and its stdout piped. `--code DIR` runs the CLI from another
 checkout of the package (PYTHONPATH), for a before/after comparison on the same machine. Loopback only:
 MinIO and the result server run here on 127.0.0.1. Prints a Markdown table.
@@ -213,6 +214,9 @@ def tiny_result(root: Path) -> Path:
 def environment(minio: MinioServer, data: Path, code: Path | None) -> dict[str, str]:
     """Credentials for the default chain, and the default storage folder's parent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PBP_"))}
+    # A user's install keeps its bytecode caches; this sandbox's PYTHONDONTWRITEBYTECODE=1 would make every
+    # CLI start compile the package from source (the warm-up run writes the caches).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         AWS_ACCESS_KEY_ID=minio.user,
         AWS_SECRET_ACCESS_KEY=minio.password,

@@ -37,7 +37,7 @@ def test_extracts_while_the_bytes_arrive(tmp_path: Path) -> None:
         return len(data)
 
     staging = tmp_path / "staging"
-    assert extract_while_downloading(tmp_path / "dl", download, staging) == len(data)
+    assert extract_while_downloading(download, staging) == len(data)
     assert (staging / "stdout").read_text() == "hello\n"
     assert (staging / "outputs" / "big.bin").read_bytes() == (tmp_path / "src/outputs/big.bin").read_bytes()
 
@@ -48,7 +48,7 @@ def test_the_downloads_verdict_wins_over_the_extractions(tmp_path: Path) -> None
         raise ChecksumMismatchError("checksum mismatch for s3://b/k")
 
     with pytest.raises(ChecksumMismatchError, match="checksum mismatch"):
-        extract_while_downloading(tmp_path / "dl", download, tmp_path / "staging")
+        extract_while_downloading(download, tmp_path / "staging")
     assert not (tmp_path / "staging").exists()
 
 
@@ -57,11 +57,11 @@ def test_a_bad_archive_that_downloaded_fine_is_refused(tmp_path: Path) -> None:
         out.write(b"not a gzip stream at all" * 1000)
 
     with pytest.raises(UnsafeArchiveError, match="not a gzip archive"):
-        extract_while_downloading(tmp_path / "dl", download, tmp_path / "staging")
+        extract_while_downloading(download, tmp_path / "staging")
     assert not (tmp_path / "staging").exists()
 
 
-def test_a_download_that_starts_over_is_extracted_from_the_finished_file(tmp_path: Path) -> None:
+def test_a_download_that_starts_over_is_extracted_from_the_new_bytes(tmp_path: Path) -> None:
     data = make_archive(tmp_path)
 
     def download(out: BinaryIO) -> None:
@@ -72,5 +72,65 @@ def test_a_download_that_starts_over_is_extracted_from_the_finished_file(tmp_pat
             out.write(piece)
 
     staging = tmp_path / "staging"
-    extract_while_downloading(tmp_path / "dl", download, staging)
+    extract_while_downloading(download, staging)
     assert (staging / "outputs" / "big.bin").read_bytes() == (tmp_path / "src/outputs/big.bin").read_bytes()
+
+
+def test_a_restart_after_the_extraction_finished_extracts_again(tmp_path: Path) -> None:
+    """The first attempt's bytes were a whole archive, then the server sent another one: the second counts."""
+    first = make_archive(tmp_path)
+    (tmp_path / "src" / "stdout").write_text("second\n")
+    second = io.BytesIO()
+    write_archive(tmp_path / "src", second)
+
+    def download(out: BinaryIO) -> None:
+        out.write(first)
+        out.write(b"\0" * 1024)  # the reader waits for the end of this attempt, past the archive's end
+        while not (tmp_path / "staging").exists():
+            pass  # the first archive is extracted; the reader now waits for this attempt to end
+        out.seek(0)
+        out.truncate()
+        out.write(second.getvalue())
+
+    staging = tmp_path / "staging"
+    extract_while_downloading(download, staging)
+    assert (staging / "stdout").read_text() == "second\n"
+
+
+def test_memory_stays_bounded_while_the_extraction_lags(tmp_path: Path) -> None:
+    """The download waits when it is `_BUFFERED` bytes ahead instead of holding the whole archive."""
+    from prefect_bacalhau_publish.sources import tail
+
+    data = make_archive(tmp_path)
+    peak = 0
+
+    def download(out: BinaryIO) -> None:
+        nonlocal peak
+        pipe = out._pipe  # type: ignore[attr-defined]
+        for piece in pieces(data, 4096):
+            out.write(piece)
+            peak = max(peak, pipe.buffered)
+
+    original = tail._BUFFERED
+    tail._BUFFERED = 64 * 1024
+    try:
+        extract_while_downloading(download, tmp_path / "staging")
+    finally:
+        tail._BUFFERED = original
+    assert 0 < peak <= 64 * 1024 + 4096 < len(data)
+    assert (tmp_path / "staging" / "stdout").read_text() == "hello\n"
+
+
+def test_an_extraction_failure_lets_the_download_finish_without_holding_its_bytes(tmp_path: Path) -> None:
+    sent = 0
+
+    def download(out: BinaryIO) -> int:
+        nonlocal sent
+        for _ in range(200):  # 200 MiB: far more than the pipe holds
+            out.write(b"x" * (1 << 20))
+            sent += 1 << 20
+        return sent
+
+    with pytest.raises(UnsafeArchiveError, match="not a gzip archive"):
+        extract_while_downloading(download, tmp_path / "staging")
+    assert sent == 200 << 20  # it ran to its end (its verdict would have won)

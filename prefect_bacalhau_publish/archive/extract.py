@@ -7,9 +7,11 @@ further, and the tree is built in a temporary folder that is moved into place on
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -125,12 +127,71 @@ _TYPE_NAMES = {
 }
 
 
+_WRITES_IN_FLIGHT = 32
+"""File data chunks (of up to `CHUNK` bytes) handed to the writer thread and not yet written."""
+
+
+class _FileWriter:
+    """Writes member data on a thread of its own, so the kernel's time copying it into the page cache
+    overlaps inflating and checking the next bytes on the other core: the 1 GiB mixed archive extracted in
+    8.0–8.6 s instead of 10.2–11.3 s writing inline (`tar xzf` 7.5–11.6 s in the same runs,
+    bench/results/2026-12-01-cli.md). Files are created by the caller (so links and checks see them at
+    once); this writes, sets the mode and closes. The first failure is kept, later data is dropped (every
+    file still closed), and `finish` raises it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, bytes | None, int, str] | None] = queue.Queue(_WRITES_IN_FLIGHT)
+        self.error: tuple[str, OSError] | None = None
+        self._thread = threading.Thread(target=self._run, name="pbp-extract-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (op := self._queue.get()) is not None:
+            fd, data, mode, name = op
+            try:
+                if data is None:
+                    try:
+                        if self.error is None:
+                            os.fchmod(fd, mode)
+                    finally:
+                        os.close(fd)
+                elif self.error is None:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+            except OSError as exc:
+                if self.error is None:
+                    self.error = (name, exc)
+
+    def check(self) -> None:
+        if self.error is not None:
+            name, exc = self.error
+            raise FetchError(f"cannot extract member {name!r}: {exc}")
+
+    def write(self, fd: int, data: bytes, name: str) -> None:
+        self.check()
+        self._queue.put((fd, data, 0, name))
+
+    def close(self, fd: int, mode: int, name: str) -> None:
+        self._queue.put((fd, None, mode, name))
+
+    def finish(self, *, raising: bool = True) -> None:
+        """Wait for every write and close; raise the first failure (when `raising`)."""
+        self._queue.put(None)
+        self._thread.join()
+        if raising:
+            self.check()
+
+
 class _Extractor:
     """Checks and writes members one by one into ``root``, a fresh folder nobody else writes to."""
 
-    def __init__(self, root: str, reader: _GunzipReader, max_bytes: int, max_members: int) -> None:
+    def __init__(
+        self, root: str, reader: _GunzipReader, max_bytes: int, max_members: int, writer: _FileWriter
+    ) -> None:
         self.root = root
         self.reader = reader
+        self.writer = writer
         self.max_bytes = max_bytes
         self.max_members = max_members
         self.members = 0
@@ -215,6 +276,7 @@ class _Extractor:
         if source is None:  # not reached: regular members always have a data stream
             raise self.refuse(member, "has no data")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        mode = 0o644
         try:
             left = member.size
             while left:
@@ -223,12 +285,10 @@ class _Extractor:
                     raise FetchError(f"truncated archive: member {member.name!r} ends early")
                 left -= len(data)
                 self.bytes += len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o755 if member.mode & 0o111 else 0o644)
+                self.writer.write(fd, data, member.name)
+            mode = 0o755 if member.mode & 0o111 else 0o644
         finally:
-            os.close(fd)
+            self.writer.close(fd, mode, member.name)
 
     def check_links(self) -> None:
         """Re-check every symlink against the whole tree: a later link may redirect an earlier one."""
@@ -242,7 +302,8 @@ def _extract_into(raw: IO[bytes], root: str, max_bytes: int, max_members: int) -
     reader = _GunzipReader(raw)
     meta = f"a tar header is larger than {_META_CAP} bytes"
     reader.allow(_META_CAP, meta)
-    extractor = _Extractor(root, reader, max_bytes, max_members)
+    writer = _FileWriter()
+    extractor = _Extractor(root, reader, max_bytes, max_members, writer)
     try:
         with tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, bufsize=_OUT_CHUNK) as tar:  # type: ignore[call-overload]
             while True:
@@ -259,7 +320,12 @@ def _extract_into(raw: IO[bytes], root: str, max_bytes: int, max_members: int) -
         while reader.read(CHUNK):  # check the gzip trailer (CRC and length)
             pass
     except tarfile.TarError as exc:
+        writer.finish(raising=False)
         raise FetchError(f"corrupt or truncated tar archive: {exc}") from None
+    except BaseException:
+        writer.finish(raising=False)  # every file closed; this failure is the one to report
+        raise
+    writer.finish()  # every file written and closed, or the first write failure raised
     extractor.check_links()
 
 

@@ -68,7 +68,7 @@ def _materialise(url: str, tmp: Path, extract: bool) -> int:
     download = tmp / "download.part"
     if extract:
         try:
-            return extract_while_downloading(download, lambda out: _download(url, out), tmp / "content")
+            return extract_while_downloading(lambda out: _download(url, out), tmp / "content")
         except FetchError as exc:
             if url in str(exc):  # the download's own error names the URL already
                 raise
