@@ -121,8 +121,12 @@ def test_plain_publish_and_prefix_input(
     params = result.params
     assert isinstance(params, S3Params)
     assert params.key == "plain/abc123/"
-    assert params.checksum_sha256 is None and params.version_id is None
-    listed = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert params.version_id is None
+    manifest = s3_client.get_object(Bucket=bucket, Key="plain/abc123.manifest.json")["Body"].read()
+    assert params.checksum_sha256 == b64sha(manifest)  # the manifest's, beside the prefix
+    listed = sorted(
+        o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="plain/abc123/")["Contents"]
+    )
     assert listed == [
         "plain/abc123/exitCode",
         "plain/abc123/outputs/.hidden",

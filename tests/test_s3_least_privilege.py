@@ -133,20 +133,39 @@ def test_get_object_alone_fetches_archives(
         assert (dest / "stdout").read_text() == f"{name}\n"
 
 
-def test_plain_prefix_without_list_bucket_says_which_permission(
+def test_plain_result_with_its_manifest_needs_get_object_alone(
     tmp_path: Path, minio: MinioServer, bucket: str, results: dict[str, Path]
 ) -> None:
     published = publish_to(
         results["plain"], spec(bucket, "plain"), ExecutionContext.new(), s3=minio.storage()
     )
     reader = user(minio, ["s3:GetObject"], bucket)
+    get_result.fn(published, tmp_path / "got", s3=reader)
+    assert (tmp_path / "got" / "outputs" / "small.csv").read_text() == "a,b\n"
+    assert (tmp_path / "got" / "outputs" / "tab\tname.txt").read_text() == "boto3 carries this key\n"
+    assert (tmp_path / "got" / "outputs" / "big.bin").read_bytes() == (
+        results["plain"] / "outputs" / "big.bin"
+    ).read_bytes()
+
+
+def test_plain_prefix_without_list_bucket_says_which_permission(
+    tmp_path: Path, minio: MinioServer, bucket: str, results: dict[str, Path]
+) -> None:
+    """A prefix with no manifest (published elsewhere: no ChecksumSHA256 in its spec) must be listed."""
+    published = publish_to(
+        results["plain"], spec(bucket, "plain"), ExecutionContext.new(), s3=minio.storage()
+    )
+    foreign = PublishedResult.model_validate(
+        {"Type": "s3", "Params": {**published.params.model_dump(by_alias=True), "ChecksumSHA256": None}}
+    )
+    reader = user(minio, ["s3:GetObject"], bucket)
     with pytest.raises(FetchError, match=rf"needs s3:ListBucket on bucket '{bucket}'"):
-        get_result.fn(published, tmp_path / "got", s3=reader)
+        get_result.fn(foreign, tmp_path / "got", s3=reader)
     assert not (tmp_path / "got").exists()
     lister = minio.limited_user(f"l{uuid.uuid4().hex[:10]}", ["s3:ListBucket"], bucket, on_bucket=True)
     both = minio.limited_user(f"g{uuid.uuid4().hex[:10]}", ["s3:GetObject"], bucket)
     admin_policy_for_both(minio, both, lister)
-    get_result.fn(PublishedResult.model_validate(published.model_dump()), tmp_path / "got", s3=both)
+    get_result.fn(foreign, tmp_path / "got", s3=both)
     assert (tmp_path / "got" / "outputs" / "small.csv").read_text() == "a,b\n"
 
 

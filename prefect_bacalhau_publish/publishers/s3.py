@@ -1,4 +1,5 @@
-"""The S3 publisher: one streamed tar.gz object (gzip, the default) or one object per file (plain).
+"""The S3 publisher: one streamed tar.gz object (gzip, the default) or one object per file (plain), plus
+the plain result's manifest beside its prefix, whose SHA-256 the spec records (`manifest`).
 
 Publishing needs only `s3:PutObject` on the bucket's objects: the checksum and version come from the
 PUT / CompleteMultipartUpload responses. After a failure, a multipart upload is aborted by its id
@@ -8,6 +9,7 @@ lifecycle rule, and when the store cannot be reached its id goes into `journal` 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -19,7 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import journal, progress
 from ..archive import write_archive
+from ..checksums import b64
 from ..errors import S3PublishError
+from ..manifest import Manifest, manifest_key
 from ..naming import render_key
 from ..s3access import S3Access, s3_access
 from ..s3errors import error_code, is_client_error, is_denied, wrapped
@@ -53,7 +57,8 @@ def publish(
         if params.archived:
             out.update(_upload_archive(client, storage, result_dir, params.bucket, key, endpoint))
         else:
-            count = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
+            count, checksum = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
+            out["ChecksumSHA256"] = checksum
             logger.info("published %d files to s3://%s/%s", count, params.bucket, key)
     except Exception as exc:
         if not is_client_error(exc):
@@ -172,17 +177,30 @@ def _upload_plain(
     prefix: str,
     endpoint: str | None,
     region: str | None,
-) -> int:
-    """Upload every file to `prefix + relative/path` (`s3_plain`). On failure, the objects already
-    uploaded are deleted again so no partial result is left behind (that needs `s3:DeleteObject`)."""
+) -> tuple[int, str]:
+    """Upload every file to `prefix + relative/path` (`s3_plain`), then the result's manifest beside the
+    prefix (`manifest`); return the file count and the manifest's SHA-256, which S3 checked on arrival.
+    On failure, the objects already uploaded are deleted again so no partial result is left behind (that
+    needs `s3:DeleteObject`)."""
     files = [(path, prefix + path.relative_to(result_dir).as_posix()) for path in _walk_files(result_dir)]
     done: list[str] = []
     try:
-        upload_files(storage, client, bucket, files, endpoint=endpoint, region=region, done=done)
+        entries = upload_files(
+            storage, client, bucket, files, endpoint=endpoint, region=region, done=done, prefix=prefix
+        )
+        body = Manifest(prefix, tuple(entries)).to_bytes()
+        checksum = b64(hashlib.sha256(body).digest())
+        client.put_object(
+            Bucket=bucket,
+            Key=manifest_key(prefix),
+            Body=body,
+            ContentType="application/json",
+            ChecksumSHA256=checksum,
+        )
     except BaseException:
         _remove(client, bucket, prefix, done)
         raise
-    return len(files)
+    return len(files), checksum
 
 
 def _remove(client: S3Client, bucket: str, prefix: str, keys: list[str]) -> None:

@@ -1,7 +1,14 @@
-"""The S3 input source, with Bacalhau's semantics (object vs prefix, Filter, VersionID, checksum) and Extract."""
+"""The S3 input source, with Bacalhau's semantics (object vs prefix, Filter, VersionID, checksum) and Extract.
+
+A prefix whose spec records a `ChecksumSHA256` is one of our plain results: its manifest (`manifest`) is
+fetched and checked against that checksum, and exactly the files it lists are fetched and checked
+(`s3_many`), with no listing. Any other prefix is listed as Bacalhau lists it, and each object is checked
+against the SHA-256 S3 reports for it, when S3 has one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import ssl
@@ -11,15 +18,17 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
-from ..checksums import ChecksumVerifier, PartHasher, is_composite
+from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
+from ..manifest import Manifest, manifest_key
 from ..progress import advance, expect, submit
 from ..s3access import s3_access
 from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
+from .s3_many import Wanted, download_many
 from .tail import extract_while_downloading
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ class _Object:
     version_id: str | None = None
     is_dir: bool = False
     size: int = 0
+    sha256: str | None = None  # from the result's manifest
 
 
 def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
@@ -57,7 +67,8 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
         with beside(dest, ".s3-input-") as tmp:
             staging = tmp / "content"
             staging.mkdir()
-            objects = _explode_key(client, params)
+            manifested = _has_manifest(params)
+            objects = _from_manifest(client, params) if manifested else _explode_key(client, params)
             expect(sum(obj.size for obj in objects))
             if params.extract and not params.is_prefix:
                 if len(objects) != 1 or objects[0].is_dir:
@@ -65,13 +76,24 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
                         f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
                     )
                 extract_while_downloading(
-                    tmp / "archive.tar.gz",
                     lambda out: download_verified(
                         client, params.bucket, objects[0], out, params.checksum_sha256
                     ),
                     staging,
                 )
+            elif manifested:
+                store = storage.get_store(params.bucket, params.endpoint, params.region)
+                plan = _plan(params, objects, staging)
+                items = [Wanted(o.key, p, o.size, o.sha256 or "", o.etag) for o, p in plan]
+                concurrency = max(16, 2 * storage.max_concurrency)
+                download_many(store, client, params.bucket, items, concurrency=concurrency, endpoint=endpoint)
             else:
+                if params.is_prefix and not objects:
+                    logger.warning(
+                        "s3://%s/%s holds no objects: the input is an empty folder (check Bucket and Key)",
+                        params.bucket,
+                        params.key,
+                    )
                 _download_all(client, params, objects, staging, storage.max_concurrency)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
@@ -89,7 +111,7 @@ def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) 
         staging = tmp / "content"
         download = tmp / "download"
         if params.extract:
-            extract_while_downloading(download, lambda out: _download_presigned(params, out, verify), staging)
+            extract_while_downloading(lambda out: _download_presigned(params, out, verify), staging)
         else:
             staging.mkdir()
             with open(download, "wb") as out:
@@ -180,6 +202,41 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
     return found
 
 
+def _has_manifest(params: S3Params) -> bool:
+    """A prefix (`.../`) with a ChecksumSHA256: one of our plain results, verified through its manifest."""
+    return bool(params.checksum_sha256) and params.key.endswith("/") and not params.extract
+
+
+def _from_manifest(client: S3Client, params: S3Params) -> list[_Object]:
+    """The objects the plain result's manifest lists (Filter applied), after checking the manifest against
+    the spec's ChecksumSHA256. Needs only s3:GetObject: nothing is listed."""
+    key = manifest_key(params.key)
+    where = f"s3://{params.bucket}/{key}"
+    try:
+        data = client.get_object(Bucket=params.bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
+            raise
+        raise FetchError(
+            f"fetch s3://{params.bucket}/{params.key} failed: its spec records ChecksumSHA256, so it is a plain "
+            f"result with a manifest, but {where} does not exist (deleted, or the result was never completed); "
+            "publish it again, or drop ChecksumSHA256 to fetch the prefix unverified"
+        ) from None
+    got = b64(hashlib.sha256(data).digest())
+    if got != params.checksum_sha256:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for the manifest {where}: it hashes to {got}, the spec records "
+            f"{params.checksum_sha256}; the result was altered after publishing"
+        )
+    manifest = Manifest.from_bytes(data, where)
+    pattern = re.compile(params.filter) if params.filter else None
+    return [
+        _Object(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256)
+        for e in manifest.entries
+        if pattern is None or pattern.search(e.path)
+    ]
+
+
 def _relative(key: str, source_key: str) -> PurePosixPath:
     """Key relative to the source key's folder (Bacalhau trims the prefix up to its last `/`); refuses escapes."""
     prefix_tokens = source_key.rstrip("*").split("/")
@@ -197,9 +254,8 @@ def _relative(key: str, source_key: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def _download_all(
-    client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int
-) -> None:
+def _plan(params: S3Params, objects: list[_Object], staging: Path) -> list[tuple[_Object, Path]]:
+    """Each file object with its path under `staging` (folders made, folder markers created as folders)."""
     plan: list[tuple[_Object, Path]] = []
     for obj in objects:
         plan.append((obj, staging.joinpath(*_relative(obj.key, params.key).parts)))
@@ -210,14 +266,21 @@ def _download_all(
     paths = [path for _, path in files]
     if len(set(paths)) != len(paths):
         raise FetchError(f"s3://{params.bucket}/{params.key} holds keys that map to the same path")
-    for _, path in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in {path.parent for _, path in files}:
+        parent.mkdir(parents=True, exist_ok=True)
+    return files
+
+
+def _download_all(
+    client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int
+) -> None:
+    files = _plan(params, objects, staging)
     checksum = params.checksum_sha256 if not params.is_prefix else None
 
     def download(item: tuple[_Object, Path]) -> None:
         obj, path = item
         with open(path, "wb") as out:
-            download_verified(client, params.bucket, obj, out, checksum)
+            download_verified(client, params.bucket, obj, out, checksum, as_stored=checksum is None)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for future in [submit(pool, download, item) for item in files]:
@@ -225,9 +288,16 @@ def _download_all(
 
 
 def download_verified(
-    client: S3Client, bucket: str, obj: _Object, out: BinaryIO, checksum: str | None
+    client: S3Client,
+    bucket: str,
+    obj: _Object,
+    out: BinaryIO,
+    checksum: str | None,
+    *,
+    as_stored: bool = False,
 ) -> None:
-    """Download one object pinned to its version and ETag; verify the bytes against `checksum` when given."""
+    """Download one object pinned to its version and ETag; verify the bytes against `checksum` when given,
+    else (`as_stored`) against the SHA-256 S3 reports for the object, when it has one."""
     request: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
     if obj.version_id:
         request["VersionId"] = obj.version_id
@@ -236,13 +306,30 @@ def download_verified(
     part_size = 0
     if checksum and is_composite(checksum):
         part_size = int(client.head_object(**request, PartNumber=1)["ContentLength"])
+    if not checksum and as_stored:
+        request["ChecksumMode"] = "ENABLED"
     hasher = PartHasher(part_size or _CHUNK)
-    body = client.get_object(**request)["Body"]
-    while chunk := body.read(_CHUNK):
-        out.write(chunk)
-        advance(len(chunk))
-        if checksum:
-            hasher.update(chunk)
+    response = client.get_object(**request)
+    reported = response.get("ChecksumSHA256") if not checksum and as_stored else None
+    verifier = ChecksumVerifier(reported, response.get("ContentLength", 0)) if reported else None
+    body = response["Body"]
+    try:
+        while chunk := body.read(_CHUNK):
+            out.write(chunk)
+            advance(len(chunk))
+            if checksum:
+                hasher.update(chunk)
+            if verifier is not None:
+                verifier.update(chunk)
+    except FlexibleChecksumError:  # botocore checks a full-object checksum itself, as the last bytes arrive
+        mismatch = True
+    else:
+        mismatch = verifier is not None and not verifier.matches()
+    if mismatch:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for s3://{bucket}/{obj.key}: the downloaded bytes do not hash to the SHA-256 "
+            f"the store reports for the object ({reported}); fetch again, and check the store if it persists"
+        )
     if checksum and hasher.checksum(bool(part_size)) != checksum:
         raise ChecksumMismatchError(
             f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to "

@@ -1,0 +1,90 @@
+"""The manifest of a plain S3 result: every file's path, size and SHA-256, stored as one object beside the prefix.
+
+A plain publish to `runs/x/` writes `runs/x.manifest.json` after every object has landed, and records the
+manifest's own SHA-256 as the result spec's `ChecksumSHA256` (Bacalhau ignores `ChecksumSHA256` for a prefix
+key, so the spec stays valid for it). Fetching verifies the result as a whole from it: nothing missing, nothing
+altered, and only the published files fetched, with no listing (so only `s3:GetObject`). The manifest sits
+outside the prefix, so Bacalhau's input source, which lists the prefix, never downloads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .errors import FetchError
+
+__all__ = ["FORMAT", "Manifest", "ManifestEntry", "manifest_key"]
+
+FORMAT = "prefect-bacalhau-publish/plain-manifest/v1"
+SUFFIX = ".manifest.json"
+
+
+def manifest_key(prefix: str) -> str:
+    """Where the manifest of the plain result at `prefix` (ending in `/`) is stored: `runs/x/` → `runs/x.manifest.json`."""
+    return prefix.rstrip("/") + SUFFIX
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One published file: its path under the prefix, size, SHA-256 (base64, as S3 writes it) and ETag."""
+
+    path: str
+    size: int
+    sha256: str
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a plain result holds, in path order."""
+
+    prefix: str
+    entries: tuple[ManifestEntry, ...]
+
+    def to_bytes(self) -> bytes:
+        """Deterministic JSON (the same result gives the same bytes, so the same checksum)."""
+        files = [
+            {"Path": e.path, "Size": e.size, "ChecksumSHA256": e.sha256}
+            | ({"ETag": e.etag} if e.etag else {})
+            for e in sorted(self.entries, key=lambda e: e.path)
+        ]
+        doc = {"Format": FORMAT, "Prefix": self.prefix, "Files": files}
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Manifest:
+        """Parse a stored manifest; anything malformed or unsafe is a `FetchError` naming `where`."""
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("Format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} document")
+            prefix = doc["Prefix"]
+            entries = tuple(
+                ManifestEntry(f["Path"], f["Size"], f["ChecksumSHA256"], f.get("ETag")) for f in doc["Files"]
+            )
+            if not isinstance(prefix, str):
+                raise ValueError("Prefix is not a string")
+            for entry in entries:
+                _check(entry)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FetchError(
+                f"the manifest {where} is malformed ({exc}): the result cannot be verified"
+            ) from None
+        paths = [e.path for e in entries]
+        if len(set(paths)) != len(paths):
+            raise FetchError(f"the manifest {where} is malformed (a path is listed twice)")
+        return cls(prefix, entries)
+
+
+def _check(entry: ManifestEntry) -> None:
+    if not isinstance(entry.path, str) or not isinstance(entry.sha256, str):
+        raise ValueError("Path and ChecksumSHA256 must be strings")
+    if not isinstance(entry.size, int) or isinstance(entry.size, bool) or entry.size < 0:
+        raise ValueError(f"bad Size for {entry.path!r}")
+    if entry.etag is not None and not isinstance(entry.etag, str):
+        raise ValueError(f"bad ETag for {entry.path!r}")
+    parts = PurePosixPath(entry.path).parts
+    if not parts or entry.path.startswith("/") or any(p in ("", ".", "..") for p in entry.path.split("/")):
+        raise ValueError(f"unsafe Path {entry.path!r}")
