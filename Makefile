@@ -47,6 +47,7 @@ stack-down:
 
 bench: venv servers
 	@command -v pigz >/dev/null || { apt-get update -q && apt-get install -y -q pigz; }
+	@command -v rclone >/dev/null || apt-get install -y -q rclone || echo "bench: no rclone, its rows are skipped"
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -10,6 +10,8 @@ both sides' CPU and MinIO's own profile). Default sizes are modest for a 2-core 
 W6 at 1 GiB vs 4 GiB, 5 runs, fewer at the largest sizes; tens of minutes). --only reruns some scripts into <date>-<names>.md.
 bench_cli.py times the CLI as users run it, whole processes started fresh (S1/S2 start-up, W1/W4/W5 "CLI" rows);
 a quick look at small size: `make bench BENCH_ARGS="--only bench_cli --size-mib 32"`.
+bench_many.py times plain results of many small files both ways against rclone and `aws s3 cp` (W2, W9;
+apt-get install rclone; its rows say "skipped" without it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_ipfs.py", "--size-mib", s, "--runs", "3"],
             ["bench_cli.py", "--size-mib", s, "--runs", "3"],
             ["bench_logs.py", "--runs", "3"],
+            ["bench_many.py", "--counts", n, "--runs", "1"],
             ["profile_w2.py", "--files", n, "--loop", n],
         ]
     if full:
@@ -66,6 +69,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_ipfs.py", "--size-mib", "1024", "--runs", "5"],
             ["bench_cli.py", "--size-mib", "1024", "--runs", "3"],
             ["bench_logs.py", "--runs", "5"],
+            ["bench_many.py", "--counts", "1000,10000,50000", "--runs", "3"],
             ["profile_w2.py", "--files", "10000"],
         ]  # fmt: skip
     return [
@@ -77,6 +81,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["bench_ipfs.py", "--size-mib", "256", "--runs", "5"],
         ["bench_cli.py", "--size-mib", "256", "--runs", "3"],
         ["bench_logs.py", "--runs", "5"],
+        ["bench_many.py", "--counts", "2000", "--runs", "3"],
         ["profile_w2.py", "--files", "2000"],
     ]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,11 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = ["obstore_can_carry", "upload_files"]
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
 
 def obstore_can_carry(key: str) -> bool:
     """True when obstore stores `key` byte for byte (it refuses control characters and empty, `.` and
     `..` segments, and drops a trailing `/`)."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if _CONTROL.search(key):
         return False
     return all(segment not in ("", ".", "..") for segment in key.split("/"))
 
