@@ -226,6 +226,16 @@ def test_checksum_mismatch_refused(
     assert [p.name for p in tmp_path.iterdir()] == ["result"]  # no staging folder left behind
 
 
+def test_checksum_mismatch_with_no_checksum_at_all_says_so(
+    result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    result = publish_to(result_dir, s3_spec(bucket, "tampered"), CTX, s3=s3_storage)
+    s3_client.put_object(Bucket=bucket, Key=result.params.key, Body=b"tampered")  # type: ignore[union-attr]
+    with pytest.raises(ChecksumMismatchError, match=r", got none \(the object carries no SHA-256 checksum"):
+        fetch_source(result.to_input_source("/x").source, tmp_path / "in", s3=s3_storage)
+    assert not (tmp_path / "in").exists()
+
+
 def test_missing_bucket_clear_error(result_dir: Path, s3_storage: S3Storage) -> None:
     with pytest.raises(S3PublishError, match="bucket 'no-such-bucket' does not exist"):
         publish_to(result_dir, s3_spec("no-such-bucket", "k"), CTX, s3=s3_storage)

@@ -173,9 +173,13 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
         head = client.head_object(**request)
         got = head.get("ChecksumSHA256", "")
         if params.checksum_sha256 and params.checksum_sha256 != got:
+            why = got or (
+                "none (the object carries no SHA-256 checksum: it was replaced after publishing by an "
+                "upload that sent none)"
+            )
             raise ChecksumMismatchError(
                 f"checksum mismatch for s3://{params.bucket}/{params.key}, "
-                f"expected {params.checksum_sha256}, got {got}"
+                f"expected {params.checksum_sha256}, got {why}"
             )
         if not str(head.get("ContentType", "")).startswith("application/x-directory"):
             return [
