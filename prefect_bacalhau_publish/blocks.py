@@ -86,6 +86,15 @@ class S3Storage(Block, S3Access):
 
     _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = PrivateAttr(default_factory=dict)
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_has_scheme(cls, value: str | None) -> str | None:
+        from .s3access import check_endpoint
+
+        value = value or None
+        check_endpoint(value)
+        return value
+
     @field_validator("credentials", mode="before")
     @classmethod
     def _credentials_block_type(cls, value: Any) -> Any:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .blocks import S3Target
 
-__all__ = ["DefaultS3", "S3Access", "s3_access"]
+__all__ = ["DefaultS3", "S3Access", "check_endpoint", "s3_access"]
 
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 8 * MiB
@@ -80,6 +80,7 @@ class S3Access:
     def resolve(self, endpoint: str | None = None, region: str | None = None) -> tuple[str | None, str]:
         """The endpoint URL (None: AWS) and region used for a spec's `Endpoint`/`Region` overrides."""
         endpoint = endpoint or self.endpoint_url or self._client_parameters().get("endpoint_url")
+        check_endpoint(endpoint)
         credentials_region = getattr(self.credentials, "region_name", None)
         region = region or self.region_name or credentials_region or self._session().region_name
         return endpoint, region or "us-east-1"
@@ -157,6 +158,18 @@ class DefaultS3(S3Access):
     _clients: dict[tuple[Any, ...], tuple[Any, S3Client]] = field(
         default_factory=dict, repr=False, compare=False
     )
+
+
+def check_endpoint(endpoint: str | None) -> None:
+    """Refuse an endpoint without its scheme (`127.0.0.1:9000`), which botocore only calls "Invalid
+    endpoint", with the fix named."""
+    if endpoint is not None and not endpoint.lower().startswith(("http://", "https://")):
+        from .errors import SpecError
+
+        raise SpecError(
+            f"S3 endpoint {endpoint!r} has no scheme: write http://{endpoint} (or https://{endpoint} "
+            "for TLS)"
+        )
 
 
 def s3_access(target: S3Target | S3Access | None) -> S3Access:

@@ -628,3 +628,16 @@ def test_blocks_read_well_in_the_ui() -> None:
     assert S3Storage.model_json_schema()["properties"]["endpoint_url"]["title"] == "Endpoint URL"
     for block in (S3Storage, IPFSNode, LocalResultServer):
         assert str(block._logo_url).endswith((".svg", ".png")), block
+
+
+def test_s3_storage_refuses_an_endpoint_without_scheme() -> None:
+    from pydantic import ValidationError
+
+    from prefect_bacalhau_publish.blocks import S3Storage
+
+    with pytest.raises(
+        ValidationError, match=r"S3 endpoint '127\.0\.0\.1:9000' has no scheme: write http://127"
+    ):
+        S3Storage(endpoint_url="127.0.0.1:9000")
+    assert S3Storage(endpoint_url="https://127.0.0.1:9000").endpoint_url == "https://127.0.0.1:9000"
+    assert S3Storage(endpoint_url="").endpoint_url is None
