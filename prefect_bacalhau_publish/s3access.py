@@ -167,8 +167,7 @@ def check_endpoint(endpoint: str | None) -> None:
         from .errors import SpecError
 
         raise SpecError(
-            f"S3 endpoint {endpoint!r} has no scheme: write http://{endpoint} (or https://{endpoint} "
-            "for TLS)"
+            f"S3 endpoint {endpoint!r} has no scheme: write http://{endpoint} (or https://{endpoint} for TLS)"
         )
 
 
