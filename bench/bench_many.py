@@ -236,14 +236,8 @@ def w2(
         ratio_row(f"{name}, CLI vs rclone copy --transfers 16", a, b, target=target_ratio),
         ratio_row(f"{name}, in-process vs rclone copy --transfers 16", c, b, target=target_ratio),
     ]
-    if have_aws:
-        aws = timed.command(
-            f"W2 {count} aws", ["aws", "s3", "cp", "--recursive", "--quiet", "--endpoint-url", minio.endpoint,
-                                str(folder), f"s3://{bucket}/aws"])  # fmt: skip
-        (d,) = timings(max(1, runs // 3), [aws], cleanup)
-        rows.append(ratio_row(f"{name}, CLI vs aws s3 cp --recursive", a, d, target=None))
-    else:
-        rows.append(skipped(f"{name} vs aws s3 cp", "aws"))
+    rows.append(aws_row(timed, f"W2 {count}", name, a, [minio.endpoint, str(folder), f"s3://{bucket}/aws"],
+                        runs, cleanup, have_aws))  # fmt: skip
     return rows
 
 
@@ -281,15 +275,29 @@ def w9(
         ratio_row(f"{name}, CLI vs rclone copy --transfers 16", a, b, target=target_ratio),
         ratio_row(f"{name}, in-process vs rclone copy --transfers 16", c, b, target=None),
     ]
-    if have_aws:
-        aws = timed.command(
-            f"W9 {count} aws", ["aws", "s3", "cp", "--recursive", "--quiet", "--endpoint-url",
-                                published.params.endpoint or "", f"s3://{bucket}/{prefix}", str(dest)])  # type: ignore[union-attr]  # fmt: skip
-        (d,) = timings(max(1, runs // 3), [aws], check)
-        rows.append(ratio_row(f"{name}, CLI vs aws s3 cp --recursive", a, d, target=None))
-    else:
-        rows.append(skipped(f"{name} vs aws s3 cp", "aws"))
+    endpoint = published.params.endpoint or ""  # type: ignore[union-attr]
+    rows.append(aws_row(timed, f"W9 {count}", name, a, [endpoint, f"s3://{bucket}/{prefix}", str(dest)], runs,
+                        check, have_aws))  # fmt: skip
     return rows
+
+
+def aws_row(
+    timed: Timed,
+    who: str,
+    name: str,
+    ours: list[float],
+    args: list[str],
+    runs: int,
+    cleanup: Callable[[], None],
+    have_aws: bool,
+) -> str:
+    """`aws s3 cp --recursive --endpoint-url ENDPOINT SRC DEST` (`args`), max(1, runs // 3) times, against
+    `ours` (the CLI's times)."""
+    if not have_aws:
+        return skipped(f"{name} vs aws s3 cp", "aws")
+    aws = timed.command(f"{who} aws", ["aws", "s3", "cp", "--recursive", "--quiet", "--endpoint-url", *args])
+    (times,) = timings(max(1, runs // 3), [aws], cleanup)
+    return ratio_row(f"{name}, CLI vs aws s3 cp --recursive", ours, times, target=None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from .errors import FetchError
 
@@ -85,6 +84,5 @@ def _check(entry: ManifestEntry) -> None:
         raise ValueError(f"bad Size for {entry.path!r}")
     if entry.etag is not None and not isinstance(entry.etag, str):
         raise ValueError(f"bad ETag for {entry.path!r}")
-    parts = PurePosixPath(entry.path).parts
-    if not parts or entry.path.startswith("/") or any(p in ("", ".", "..") for p in entry.path.split("/")):
+    if any(part in ("", ".", "..") for part in entry.path.split("/")):  # also "" and a leading "/"
         raise ValueError(f"unsafe Path {entry.path!r}")

@@ -24,6 +24,7 @@ from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
 from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..manifest import Manifest, manifest_key
 from ..progress import advance, expect, submit
+from ..publishers.s3_plain import obstore_can_carry
 from ..s3access import s3_access
 from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
@@ -84,9 +85,17 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
             elif manifested:
                 store = storage.get_store(params.bucket, params.endpoint, params.region)
                 plan = _plan(params, objects, staging)
-                items = [Wanted(o.key, p, o.size, o.sha256 or "", o.etag) for o, p in plan]
+                items = [
+                    Wanted(o.key, p, o.size, o.sha256 or "", o.etag)
+                    for o, p in plan
+                    if obstore_can_carry(o.key)
+                ]
                 concurrency = max(16, 2 * storage.max_concurrency)
-                download_many(store, client, params.bucket, items, concurrency=concurrency, endpoint=endpoint)
+                download_many(store, params.bucket, items, concurrency=concurrency, endpoint=endpoint)
+                for obj, path in plan:
+                    if not obstore_can_carry(obj.key):  # a control character: boto3 carries it, checked alike
+                        with open(path, "wb") as out:
+                            download_verified(client, params.bucket, obj, out, obj.sha256)
             else:
                 if params.is_prefix and not objects:
                     logger.warning(

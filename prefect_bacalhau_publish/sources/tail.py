@@ -86,9 +86,6 @@ class _Writer:
             raise ValueError("the download can only start over from byte 0")
         return 0
 
-    def tell(self) -> int:
-        return self._pos
-
     def truncate(self, size: int | None = None) -> int:
         """Start over from byte 0: what was sent so far is dropped and the reader is told so."""
         if size not in (None, 0):
