@@ -55,6 +55,23 @@ def test_published_result_accepted_by_bacalhau_s3_source_decoder(
         assert decoded[name] == params[name], name
 
 
+def test_plain_result_with_its_manifest_checksum_accepted_by_bacalhau(
+    result_dir: Path, s3_storage: Any, bucket: str
+) -> None:
+    """A plain result's spec carries its manifest's ChecksumSHA256 on a prefix key; Bacalhau decodes it as
+    is (and its explodeKey, pkg/storage/s3/storage.go, checks ChecksumSHA256 only for a single object)."""
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": bucket, "Key": "p/{jobID}", "Encoding": "plain"}}
+    )
+    result = publish_to(result_dir, spec, ExecutionContext.new(job_id="j-plain"), s3=s3_storage)
+    source = result.to_input_source("/inputs/prev").to_bacalhau()["Source"]
+    decoded = bacalhau("decode-source", json.dumps(source))
+    params = result.to_bacalhau()["Params"]
+    assert params["Key"] == "p/j-plain/" and params["ChecksumSHA256"]
+    for name in ("Bucket", "Key", "Region", "Endpoint", "ChecksumSHA256"):
+        assert decoded[name] == params[name], name
+
+
 def test_publisher_spec_accepted_by_bacalhau() -> None:
     ours = PublisherSpec.model_validate(
         {
