@@ -106,10 +106,12 @@ def _secrets_recorded_by_prefect() -> list[str]:
     import asyncio
 
     from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
 
     from prefect_bacalhau_publish.testing import MINIO_PASSWORD
 
     secrets = (MINIO_PASSWORD, "pbp-full-token", "pbp-limited-token")
+    APILogHandler().flush()  # records still queued for the API are searched too
 
     async def read() -> list[str]:
         found: list[str] = []

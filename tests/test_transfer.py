@@ -28,6 +28,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_bacalhau_publish import (
@@ -255,6 +256,7 @@ def read_back(flow_run_id: Any, *, lines: int) -> tuple[list[Any], list[str]]:
         found = [log.message for log in logs if re.match(r"(published|fetched) \d", log.message)]
         return artifacts, found
 
+    APILogHandler().flush()  # the run's last records may still be queued for the API
     deadline = time.monotonic() + 15
     while True:
         artifacts, found = asyncio.run(read())

@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.logging.handlers import APILogHandler
 
 from prefect_bacalhau_publish import JobResult, S3Storage, get_result, run_job
 from prefect_bacalhau_publish.artifacts import load_artifact_result
@@ -38,6 +39,7 @@ def messages(flow_run_id: Any) -> list[str]:
                 found += page
         return found
 
+    APILogHandler().flush()  # the run's last records may still be queued for the API: send them first
     # a record holds the lines a job printed at once, one per line
     return [line for log in asyncio.run(read()) for line in log.message.split("\n")]
 
