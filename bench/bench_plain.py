@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import build_small_files  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import S3Storage  # noqa: E402
-from prefect_bacalhau_publish.publishers.s3_plain import upload_files  # noqa: E402
+from prefect_bacalhau_publish.publishers.s3_plain import PlainFile, upload_files  # noqa: E402
 from prefect_bacalhau_publish.testing import MinioServer, running_minio  # noqa: E402
 
 TARGET = 0.2
@@ -101,7 +101,8 @@ def ways(
 
     def obstore(items: list[tuple[Path, str]]) -> None:
         done: list[str] = []
-        upload_files(storage, pool_client, bucket, items, endpoint=None, region=None, done=done)
+        files = [PlainFile(path, key, path.stat().st_mode) for path, key in items]
+        upload_files(storage, pool_client, bucket, files, endpoint=None, region=None, done=done)
         if len(done) != len(items):
             raise SystemExit(f"obstore uploaded {len(done)} of {len(items)} files")
 

@@ -3,7 +3,8 @@
 A plain publish to `runs/x/` writes `runs/x.manifest.json` after every object has landed, and records the
 manifest's own SHA-256 as the result spec's `ChecksumSHA256` (Bacalhau ignores `ChecksumSHA256` for a prefix
 key, so the spec stays valid for it). Fetching verifies the result as a whole from it: nothing missing, nothing
-altered, and only the published files fetched, with no listing (so only `s3:GetObject`). The manifest sits
+altered, and only the published files fetched, with no listing (so only `s3:GetObject`). It also records
+each file's mode (`Mode`, octal `st_mode`) and the result's empty folders (`Folders`), which `get` restores. The manifest sits
 outside the prefix, so Bacalhau's input source, which lists the prefix, never downloads it.
 """
 
@@ -27,12 +28,13 @@ def manifest_key(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One published file: its path under the prefix, size, SHA-256 (base64, as S3 writes it) and ETag."""
+    """One published file: its path under the prefix, size, SHA-256 (base64, as S3 writes it), ETag, mode."""
 
     path: str
     size: int
     sha256: str
     etag: str | None = None
+    mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,20 @@ class Manifest:
 
     prefix: str
     entries: tuple[ManifestEntry, ...]
+    folders: tuple[str, ...] = ()
+    """Empty folders (paths under the prefix, no trailing `/`), stored as marker objects."""
 
     def to_bytes(self) -> bytes:
         """Deterministic JSON (the same result gives the same bytes, so the same checksum)."""
         files = [
             {"Path": e.path, "Size": e.size, "ChecksumSHA256": e.sha256}
             | ({"ETag": e.etag} if e.etag else {})
+            | ({"Mode": f"{e.mode:o}"} if e.mode is not None else {})
             for e in sorted(self.entries, key=lambda e: e.path)
         ]
-        doc = {"Format": FORMAT, "Prefix": self.prefix, "Files": files}
+        doc: dict[str, object] = {"Format": FORMAT, "Prefix": self.prefix, "Files": files}
+        if self.folders:
+            doc["Folders"] = sorted(self.folders)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -61,20 +68,36 @@ class Manifest:
                 raise ValueError(f"not a {FORMAT} document")
             prefix = doc["Prefix"]
             entries = tuple(
-                ManifestEntry(f["Path"], f["Size"], f["ChecksumSHA256"], f.get("ETag")) for f in doc["Files"]
+                ManifestEntry(f["Path"], f["Size"], f["ChecksumSHA256"], f.get("ETag"), _mode(f.get("Mode")))
+                for f in doc["Files"]
             )
+            folders = tuple(doc.get("Folders", ()))
             if not isinstance(prefix, str):
                 raise ValueError("Prefix is not a string")
             for entry in entries:
                 _check(entry)
+            for folder in folders:
+                _check_path(folder)
         except (ValueError, KeyError, TypeError) as exc:
             raise FetchError(
                 f"the manifest {where} is malformed ({exc}): the result cannot be verified"
             ) from None
-        paths = [e.path for e in entries]
+        paths = [e.path for e in entries] + list(folders)
         if len(set(paths)) != len(paths):
             raise FetchError(f"the manifest {where} is malformed (a path is listed twice)")
-        return cls(prefix, entries)
+        return cls(prefix, entries, folders)
+
+
+def _mode(text: object) -> int | None:
+    """`"100755"` → 0o100755; None when absent. Only a regular file's mode is accepted."""
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.isdigit() or "8" in text or "9" in text:
+        raise ValueError(f"bad Mode {text!r}")
+    mode = int(text, 8)
+    if mode & ~0o107777 or not mode & 0o100000:
+        raise ValueError(f"bad Mode {text!r}: not a regular file's mode")
+    return mode
 
 
 def _check(entry: ManifestEntry) -> None:
@@ -84,5 +107,9 @@ def _check(entry: ManifestEntry) -> None:
         raise ValueError(f"bad Size for {entry.path!r}")
     if entry.etag is not None and not isinstance(entry.etag, str):
         raise ValueError(f"bad ETag for {entry.path!r}")
-    if any(part in ("", ".", "..") for part in entry.path.split("/")):  # also "" and a leading "/"
-        raise ValueError(f"unsafe Path {entry.path!r}")
+    _check_path(entry.path)
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, str) or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"unsafe Path {path!r}")  # also "" and a leading "/"

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from prefect_bacalhau_publish.blocks import S3Storage
 from prefect_bacalhau_publish.errors import S3PublishError
 from prefect_bacalhau_publish.publishers import publish_to
-from prefect_bacalhau_publish.publishers.s3_plain import obstore_can_carry, upload_files
+from prefect_bacalhau_publish.publishers.s3_plain import PlainFile, obstore_can_carry, upload_files
 from prefect_bacalhau_publish.s3errors import explain, is_client_error
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec
 from prefect_bacalhau_publish.testing import MinioServer, free_port
@@ -41,8 +41,12 @@ def listed_keys(s3_client: Any, bucket: str) -> list[str]:
 
 def upload(storage: S3Storage, bucket: str, items: list[tuple[Path, str]]) -> list[str]:
     done: list[str] = []
-    upload_files(storage, storage.get_client(), bucket, items, endpoint=None, region=None, done=done)
+    upload_files(storage, storage.get_client(), bucket, planned(items), endpoint=None, region=None, done=done)
     return done
+
+
+def planned(items: list[tuple[Path, str]]) -> list[PlainFile]:
+    return [PlainFile(path, key, 0o100644) for path, key in items]
 
 
 def publish_message(storage: S3Storage, bucket: str, items: list[tuple[Path, str]], key: str) -> str:
@@ -274,7 +278,9 @@ def test_first_failure_stops_and_done_lists_exactly_what_landed(
         items.append((path, f"p/f{index:02d}"))
     done: list[str] = []
     with pytest.raises(FileNotFoundError):
-        upload_files(storage, storage.get_client(), bucket, items, endpoint=None, region=None, done=done)
+        upload_files(
+            storage, storage.get_client(), bucket, planned(items), endpoint=None, region=None, done=done
+        )
     assert done == [f"p/f{index:02d}" for index in range(5)]
     assert listed_keys(s3_client, bucket) == done
 

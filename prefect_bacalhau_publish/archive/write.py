@@ -73,7 +73,10 @@ def _scan(root: str) -> list[_Entry]:
                 elif stat.S_ISLNK(mode):
                     entries.append(_Entry(rel, tarfile.SYMTYPE, 0o777, target=os.readlink(item.path)))
                 else:
-                    raise PublishError(f"{item.path} is {_kind(mode)}; only files, folders and symlinks")
+                    raise PublishError(
+                        f"{rel!r} in the result folder is {_kind(mode)}; only files, folders and symlinks "
+                        "are archived"
+                    )
             except OSError as exc:
                 raise PublishError(f"cannot read {item.path}: {exc}") from None
     entries.sort(key=lambda e: os.fsencode(e.rel))
@@ -81,7 +84,7 @@ def _scan(root: str) -> list[_Entry]:
     for rel, target in links.items():
         problem = _link_problem(links, rel, target)
         if problem:
-            raise PublishError(f"symlink {os.path.join(root, rel)} {problem}; refusing to archive it")
+            raise PublishError(f"symlink {rel!r} in the result folder {problem}; refusing to archive it")
     return entries
 
 

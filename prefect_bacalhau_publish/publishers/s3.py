@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,7 @@ from ..naming import render_key
 from ..s3access import S3Access, s3_access
 from ..s3errors import error_code, is_client_error, is_denied, wrapped
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
-from .s3_plain import upload_files
+from .s3_plain import plan_tree, upload_files
 from .s3_stream import PartSink, upload_stream
 
 if TYPE_CHECKING:
@@ -156,17 +154,20 @@ def _upload_archive(
     return out
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            if path.is_symlink() or not path.is_file():
-                raise S3PublishError(
-                    f"publish of {path} refused: plain S3 results hold regular files only (links, devices, "
-                    "FIFOs are not published); remove it or use Encoding gzip"
-                )
-            yield path
+_EMPTY_SHA256 = b64(hashlib.sha256(b"").digest())
+
+
+def _put_markers(client: S3Client, bucket: str, markers: list[str], done: list[str]) -> None:
+    """Zero-byte `folder/` objects for the result's empty folders (only `s3:PutObject`)."""
+    for key in markers:
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=b"",
+            ContentType="application/x-directory",
+            ChecksumSHA256=_EMPTY_SHA256,
+        )
+        done.append(key)
 
 
 def _upload_plain(
@@ -178,17 +179,23 @@ def _upload_plain(
     endpoint: str | None,
     region: str | None,
 ) -> tuple[int, str]:
-    """Upload every file to `prefix + relative/path` (`s3_plain`), then the result's manifest beside the
-    prefix (`manifest`); return the file count and the manifest's SHA-256, which S3 checked on arrival.
-    On failure, the objects already uploaded are deleted again so no partial result is left behind (that
+    """Upload every file to `prefix + relative/path` and a marker for each empty folder (`s3_plain`), then
+    the result's manifest beside the prefix (`manifest`); return the file count and the manifest's SHA-256,
+    which S3 checked on arrival. Anything that cannot be published is refused before the first upload. On
+    failure, the objects already uploaded are deleted again so no partial result is left behind (that
     needs `s3:DeleteObject`)."""
-    files = [(path, prefix + path.relative_to(result_dir).as_posix()) for path in _walk_files(result_dir)]
+    if not result_dir.is_dir():
+        raise S3PublishError(f"result folder {result_dir} does not exist or is not a folder")
+    tree = plan_tree(result_dir, prefix)
+    files = tree.files
     done: list[str] = []
     try:
         entries = upload_files(
             storage, client, bucket, files, endpoint=endpoint, region=region, done=done, prefix=prefix
         )
-        body = Manifest(prefix, tuple(entries)).to_bytes()
+        _put_markers(client, bucket, tree.markers, done)
+        folders = tuple(marker[len(prefix) : -1] for marker in tree.markers)
+        body = Manifest(prefix, tuple(entries), folders).to_bytes()
         checksum = b64(hashlib.sha256(body).digest())
         client.put_object(
             Bucket=bucket,

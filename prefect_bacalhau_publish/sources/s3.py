@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import ssl
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -52,6 +54,7 @@ class _Object:
     is_dir: bool = False
     size: int = 0
     sha256: str | None = None  # from the result's manifest
+    mode: int | None = None  # from the result's manifest
 
 
 def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
@@ -96,6 +99,7 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
                     if not obstore_can_carry(obj.key):  # a control character: boto3 carries it, checked alike
                         with open(path, "wb") as out:
                             download_verified(client, params.bucket, obj, out, obj.sha256)
+                    restore_mode(path, obj.mode)
             else:
                 if params.is_prefix and not objects:
                     logger.warning(
@@ -243,11 +247,17 @@ def _from_manifest(client: S3Client, params: S3Params) -> list[_Object]:
         )
     manifest = Manifest.from_bytes(data, where)
     pattern = re.compile(params.filter) if params.filter else None
-    return [
-        _Object(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256)
+    files = [
+        _Object(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
         for e in manifest.entries
         if pattern is None or pattern.search(e.path)
     ]
+    folders = [
+        _Object(params.key + f + "/", is_dir=True)
+        for f in manifest.folders
+        if pattern is None or pattern.search(f + "/")
+    ]
+    return files + folders
 
 
 def _relative(key: str, source_key: str) -> PurePosixPath:
@@ -293,7 +303,8 @@ def _download_all(
     def download(item: tuple[_Object, Path]) -> None:
         obj, path = item
         with open(path, "wb") as out:
-            download_verified(client, params.bucket, obj, out, checksum, as_stored=checksum is None)
+            mode = download_verified(client, params.bucket, obj, out, checksum, as_stored=checksum is None)
+        restore_mode(path, mode)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for future in [submit(pool, download, item) for item in files]:
@@ -308,9 +319,10 @@ def download_verified(
     checksum: str | None,
     *,
     as_stored: bool = False,
-) -> None:
+) -> int | None:
     """Download one object pinned to its version and ETag; verify the bytes against `checksum` when given,
-    else (`as_stored`) against the SHA-256 S3 reports for the object, when it has one."""
+    else (`as_stored`) against the SHA-256 S3 reports for the object, when it has one. Returns the file
+    mode the object carries in `x-amz-meta-mode` (as rclone and plain publishing write it), if any."""
     request: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
     if obj.version_id:
         request["VersionId"] = obj.version_id
@@ -348,3 +360,19 @@ def download_verified(
             f"checksum mismatch for s3://{bucket}/{obj.key}: downloaded bytes hash to "
             f"{hasher.checksum(bool(part_size))}, the spec records {checksum}; the object was altered after publishing"
         )
+    return stored_mode(response.get("Metadata", {}).get("mode"))
+
+
+def stored_mode(text: str | None) -> int | None:
+    """`x-amz-meta-mode` (`100755`) → its mode, or None when absent, malformed or not a regular file's."""
+    if not text or not text.isdigit() or "8" in text or "9" in text:
+        return None
+    mode = int(text, 8)
+    return mode if stat.S_ISREG(mode) else None
+
+
+def restore_mode(path: Path, mode: int | None) -> None:
+    """Give a fetched file its published permission bits (never setuid, setgid or sticky); a file without
+    a recorded mode keeps the default."""
+    if mode is not None:
+        os.chmod(path, stat.S_IMODE(mode) & 0o777)
