@@ -132,7 +132,7 @@ S3Target = S3Storage | S3Bucket | AwsCredentials | MinIOCredentials
 
 
 class IPFSNode(Block):
-    """How to reach a Kubo node's RPC API, and which CID profile results are imported with.
+    """How to reach a Kubo node's RPC API, and how results are imported (CID profile, modes kept or not).
 
     Example:
         Load a saved block:
@@ -167,6 +167,15 @@ class IPFSNode(Block):
         default="unixfs-v1-2025",
         title="CID profile",
         description="Kubo import profile: unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks) or unixfs-v0-2015.",
+    )
+    preserve_mode: bool = Field(
+        default=False,
+        title="Preserve modes",
+        description=(
+            "Store each file's and folder's permission bits in the DAG (Kubo 0.30+ `add --preserve-mode`); "
+            "they are restored on fetch. Changes the CIDs and turns raw leaves off: leave it off for the "
+            "CIDs `ipfs add` and Bacalhau give."
+        ),
     )
     timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for one RPC call.")
 

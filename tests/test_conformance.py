@@ -91,15 +91,15 @@ COLUMNS = {
 
 SAME = "same"
 REFUSED = "refused at publish"
-MODE_LOST = "mode lost"
-X_BIT = "only the x bit kept (0644)"
+MODE_LOST = "not executable any more"
+X_BIT = "becomes 0644"
 COPY = "link kept as a copy of its target"
 FOLDER_LOST = "folder lost"
 
 TABLE: dict[str, dict[str, str]] = {
     "empty": dict.fromkeys(COLUMNS, SAME),
     "script": {"gzip": SAME, "plain": SAME, "ipfs": MODE_LOST, "ipfs-mode": SAME, "local": SAME},
-    "private": {"gzip": X_BIT, "plain": SAME, "ipfs": MODE_LOST, "ipfs-mode": SAME, "local": X_BIT},
+    "private": {"gzip": X_BIT, "plain": SAME, "ipfs": X_BIT, "ipfs-mode": SAME, "local": X_BIT},
     "inside-link": {"gzip": SAME, "plain": COPY, "ipfs": SAME, "ipfs-mode": SAME, "local": SAME},
     "outside-link": dict.fromkeys(COLUMNS, REFUSED),
     "non-utf8": {"gzip": SAME, "plain": REFUSED, "ipfs": SAME, "ipfs-mode": SAME, "local": SAME},
@@ -154,8 +154,8 @@ def outcome(source: Path, got: Path) -> str:
         elif (kind, data) != (new_kind, new_data):
             found.add(f"{rel} differs")
         elif mode != new_mode:
-            kept_x = bool(mode & 0o111) == bool(new_mode & 0o111)
-            found.add(X_BIT if kept_x and new_mode == 0o644 else MODE_LOST)
+            lost_x = bool(mode & 0o111) and not new_mode & 0o111
+            found.add(MODE_LOST if lost_x else f"becomes {new_mode:04o}")
     found |= {f"{rel} added" for rel in after.keys() - before.keys()}
     return "; ".join(sorted(found)) or SAME
 

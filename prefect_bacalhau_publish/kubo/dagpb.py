@@ -2,6 +2,7 @@
 
 Encoding follows what Kubo (boxo + go-codec-dagpb) writes byte for byte: a node's links come before its
 data, every link carries Hash, Name (even empty) and Tsize, and UnixFS fields are written in field order.
+Of UnixFS 1.5's metadata, `mode` (field 7) is read and written; `mtime` (field 8) is skipped when read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class PBLink:
 
 @dataclass(frozen=True, slots=True)
 class UnixFSData:
-    """The UnixFS `Data` message carried in a dag-pb node's Data field (mode/mtime are not used here)."""
+    """The UnixFS `Data` message carried in a dag-pb node's Data field (`mode`: unix permission bits)."""
 
     type: int
     data: bytes | None = None
@@ -36,6 +37,7 @@ class UnixFSData:
     blocksizes: tuple[int, ...] = ()
     hash_type: int | None = None
     fanout: int | None = None
+    mode: int | None = None
 
 
 def _bytes_field(number: int, value: bytes) -> bytes:
@@ -71,6 +73,8 @@ def encode_unixfs(value: UnixFSData) -> bytes:
         parts.append(_int_field(5, value.hash_type))
     if value.fanout is not None:
         parts.append(_int_field(6, value.fanout))
+    if value.mode is not None:
+        parts.append(_int_field(7, value.mode))
     return b"".join(parts)
 
 
@@ -127,7 +131,7 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
     """A UnixFS Data message; ValueError when malformed or without a Type."""
     kind: int | None = None
     data: bytes | None = None
-    filesize = hash_type = fanout = None
+    filesize = hash_type = fanout = mode = None
     blocksizes: list[int] = []
     for number, wire, value in _fields(buf):
         if wire == 0 and isinstance(value, int):
@@ -141,6 +145,8 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
                 hash_type = value
             elif number == 6:
                 fanout = value
+            elif number == 7:
+                mode = value
         elif wire == 2 and isinstance(value, bytes):
             if number == 2:
                 data = value
@@ -151,4 +157,4 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
                     blocksizes.append(size)
     if kind is None:
         raise ValueError("UnixFS data without a Type")
-    return UnixFSData(kind, data, filesize, tuple(blocksizes), hash_type, fanout)
+    return UnixFSData(kind, data, filesize, tuple(blocksizes), hash_type, fanout, mode)

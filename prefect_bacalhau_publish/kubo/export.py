@@ -1,13 +1,17 @@
 """Write a UnixFS DAG (from a verified CarStore) onto disk safely: folders, files, HAMT shards, symlinks.
 
 Every block must be present (the DAG is complete from the root) and every name must be a plain file name:
-no `..`, no `/`, no empty or duplicate names; symlinks must stay inside the tree.
+no `..`, no `/`, no empty or duplicate names; symlinks must stay inside the tree (`symlink_problem`, which
+the IPFS publisher applies too). Refusals name the entry by its path inside the result, never by where it
+is being written. A node's UnixFS `mode` is applied as permission bits only (0o777), to files once written
+and to folders once everything is written (a read-only folder can still be filled); the top folder is the
+caller's destination and keeps its mode (a folder without write permission could not be moved into place).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,9 +21,12 @@ from .cid import CID, DAG_PB, RAW
 from .dagpb import DIRECTORY, FILE, HAMT_SHARD, SYMLINK, PBLink, UnixFSData, decode_node, decode_unixfs
 from .dagpb import RAW as UNIXFS_RAW
 
-__all__ = ["export_dag"]
+__all__ = ["MAX_FOLDER_DEPTH", "export_dag", "show_entry", "symlink_problem"]
 
 _MAX_FILE_DEPTH = 64
+MAX_FOLDER_DEPTH = _MAX_FILE_DEPTH * 4
+"""Folders nested deeper under the root than this are refused."""
+_PERMISSIONS = 0o777  # never setuid, setgid or sticky
 
 
 class _Reader:
@@ -117,26 +124,35 @@ class _Reader:
         return written
 
 
-def _safe_name(name: bytes, where: Path) -> str:
+def show_entry(rel: str, target: bytes | None = None) -> str:
+    """An entry for messages: `'outputs/host'`, or `'outputs/host' -> '/etc/hostname'` for a symlink."""
+    return repr(rel) if target is None else f"{rel!r} -> {os.fsdecode(target)!r}"
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _safe_name(name: bytes, rel: str) -> str:
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+        where = f"folder {rel!r}" if rel else "the top folder"
         raise UnsafeArchiveError(f"refusing entry name {name!r} in {where}: not a plain file name")
     return os.fsdecode(name)
 
 
-def _check_symlink(target: bytes, depth: int, where: Path) -> None:
-    """Refuse a symlink target that is absolute or climbs out of the fetched tree."""
+def symlink_problem(target: bytes, depth: int) -> str | None:
+    """Why a symlink `depth` folders below the root, pointing to `target`, would leave the tree (or None)."""
     if not target or target.startswith(b"/") or b"\0" in target:
-        raise UnsafeArchiveError(f"refusing symlink {where} -> {target!r}: absolute or empty target")
+        return "its target is absolute or empty"
     level = depth
     for part in target.split(b"/"):
         if part == b"..":
             level -= 1
             if level < 0:
-                raise UnsafeArchiveError(
-                    f"refusing symlink {where} -> {target!r}: it points outside the result"
-                )
+                return "its target climbs out of the result"
         elif part not in (b"", b"."):
             level += 1
+    return None
 
 
 def _check_links_resolve_inside(out: Path) -> None:
@@ -148,9 +164,14 @@ def _check_links_resolve_inside(out: Path) -> None:
             if os.path.islink(path):
                 resolved = os.path.realpath(path)
                 if os.path.commonpath([top, resolved]) != top:
-                    raise UnsafeArchiveError(
-                        f"refusing symlink {path} -> {os.readlink(path)!r}: it resolves outside the result"
-                    )
+                    shown = show_entry(os.path.relpath(path, out), os.fsencode(os.readlink(path)))
+                    raise UnsafeArchiveError(f"refusing symlink {shown}: it resolves outside the result")
+
+
+def _apply_folder_modes(modes: Sequence[tuple[int, Path, int]]) -> None:
+    """chmod folders deepest first, so no folder is closed before the ones below it are done."""
+    for _depth, path, mode in sorted(modes, key=lambda item: -item[0]):
+        os.chmod(path, mode)
 
 
 def export_dag(
@@ -166,37 +187,46 @@ def export_dag(
     if data.type in (FILE, UNIXFS_RAW):
         with open(out, "xb") as handle:
             reader.write_file(handle, root)
+        if data.mode is not None:
+            os.chmod(out, data.mode & _PERMISSIONS)
         return
     if data.type not in (DIRECTORY, HAMT_SHARD):
         raise FetchError(f"{root} is neither a UnixFS folder nor a file")
-    pending: list[tuple[Path, int, list[PBLink], UnixFSData]] = [(out, 0, links, data)]
+    pending: list[tuple[Path, str, int, list[PBLink], UnixFSData]] = [(out, "", 0, links, data)]
+    folder_modes: list[tuple[int, Path, int]] = []
     entries_left = max_entries
     while pending:
-        folder, depth, links, data = pending.pop()
-        if depth > _MAX_FILE_DEPTH * 4:
-            raise UnsafeArchiveError(
-                f"the folders under {root} nest deeper than {_MAX_FILE_DEPTH * 4} levels"
-            )
+        folder, rel, depth, links, data = pending.pop()
+        if depth > MAX_FOLDER_DEPTH:
+            raise UnsafeArchiveError(f"the folders under {root} nest deeper than {MAX_FOLDER_DEPTH} levels")
         folder.mkdir()
+        if depth and data.mode is not None:
+            folder_modes.append((depth, folder, data.mode & _PERMISSIONS))
         seen: set[bytes] = set()
         for name, cid in reader.entries(links, data):
             entries_left -= 1
             if entries_left < 0:
                 raise UnsafeArchiveError(f"the content under {root} has more than {max_entries} entries")
-            path = folder / _safe_name(name, folder)
+            plain = _safe_name(name, rel)
+            path, child_rel = folder / plain, _join(rel, plain)
             if name in seen:
-                raise UnsafeArchiveError(f"refusing duplicate entry {path}")
+                raise UnsafeArchiveError(f"refusing duplicate entry {show_entry(child_rel)}")
             seen.add(name)
             child_links, child_data = reader.node(cid)
             if child_data.type in (DIRECTORY, HAMT_SHARD):
-                pending.append((path, depth + 1, child_links, child_data))
+                pending.append((path, child_rel, depth + 1, child_links, child_data))
             elif child_data.type == SYMLINK:
                 target = child_data.data or b""
-                _check_symlink(target, depth, path)
+                problem = symlink_problem(target, depth)
+                if problem is not None:
+                    raise UnsafeArchiveError(f"refusing symlink {show_entry(child_rel, target)}: {problem}")
                 os.symlink(os.fsdecode(target), path)
             elif child_data.type in (FILE, UNIXFS_RAW):
                 with open(path, "xb") as handle:
                     reader.write_file(handle, cid)
+                if child_data.mode is not None:
+                    os.chmod(path, child_data.mode & _PERMISSIONS)
             else:
-                raise FetchError(f"{path} has an unsupported UnixFS type {child_data.type}")
+                raise FetchError(f"{show_entry(child_rel)} has an unsupported UnixFS type {child_data.type}")
     _check_links_resolve_inside(out)
+    _apply_folder_modes(folder_modes)

@@ -3,7 +3,7 @@
 Each entry lands in slot `murmur3_64(name)` bits (MSB first, log2(fanout) bits per level); a slot holding one
 entry links to it as `<slot in uppercase hex><name>`, a slot holding several links (named `<slot>`) to a
 child shard of the next level. Shard data: type HAMTShard, the slot bitfield (big-endian, leading zero
-bytes dropped), hash type murmur3 (0x22) and the fanout.
+bytes dropped), hash type murmur3 (0x22), the fanout and, on the root shard only, the folder's mode.
 """
 
 from __future__ import annotations
@@ -63,8 +63,12 @@ def build_hamt(
     fanout: int,
     cid_version: int,
     emit: Callable[[bytes, bytes], None] | None = None,
+    mode: int | None = None,
 ) -> tuple[bytes, int]:
-    """Shard a directory's links; returns the root shard's (binary CID, Tsize) and emits every shard."""
+    """Shard a directory's links; returns the root shard's (binary CID, Tsize) and emits every shard.
+
+    `mode` (the folder's UnixFS mode) goes into the root shard only, as boxo writes it.
+    """
     bits = fanout.bit_length() - 1
     pad = len(f"{fanout - 1:X}")
 
@@ -88,9 +92,10 @@ def build_hamt(
                 child_cid, child_size = shard(group, depth + 1)
                 out.append(PBLink(child_cid, prefix, child_size))
         field = bitfield.to_bytes(fanout // 8, "big").lstrip(b"\0")
-        block = encode_node(
-            out, encode_unixfs(UnixFSData(HAMT_SHARD, field, hash_type=MURMUR3, fanout=fanout))
+        data = UnixFSData(
+            HAMT_SHARD, field, hash_type=MURMUR3, fanout=fanout, mode=mode if depth == 0 else None
         )
+        block = encode_node(out, encode_unixfs(data))
         cid = sha256_cid(block, DAG_PB, cid_version)
         if emit is not None:
             emit(cid, block)

@@ -1,4 +1,10 @@
-"""A small Kubo RPC client over httpx: POST only, streamed bodies, clear errors, no secrets in messages."""
+"""A small Kubo RPC client over httpx: POST only, streamed bodies, clear errors, no secrets in messages.
+
+`add_folder` sends a folder as `ipfs add -r` does. With `preserve-mode`, each part carries its entry's mode
+as the Go client (boxo `files.MultiFileReader`) writes it and Kubo's parser (`files.fileInfo`) reads it:
+`name="file?mode=0<octal os.FileMode>"`, where Go's FileMode has the directory bit (1<<31) for folders and
+its own bits for setuid (1<<23), setgid (1<<22) and sticky (1<<20); a mode of 0 is not sent.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -23,10 +30,12 @@ if TYPE_CHECKING:
 
     from ..blocks import IPFSNode
 
-__all__ = ["MIN_VERSION", "AddTap", "KuboClient", "add_flags"]
+__all__ = ["MIN_VERSION", "MODE_VERSION", "AddTap", "KuboClient", "add_flags"]
 
 MIN_VERSION = (0, 20, 0)
 """Oldest Kubo this client talks to (the RPC shapes used here are stable since then)."""
+MODE_VERSION = (0, 30, 0)
+"""Oldest Kubo whose `add` has `--preserve-mode`."""
 
 _READ_SIZE = 1024 * 1024
 ErrorType = type[IPFSPublishError] | type[FetchError]
@@ -57,6 +66,7 @@ def add_flags(params: ImportParams, *, pin: bool) -> dict[str, str]:
         "empty-dirs": "true",
         "pin": flag[pin],
         "progress": "false",
+        **({"preserve-mode": "true"} if params.preserve_mode else {}),
     }
 
 
@@ -69,11 +79,21 @@ def parse_version(text: str) -> tuple[int, int, int]:
     return major, minor, patch
 
 
-def _part_header(boundary: str, name: bytes, content_type: str) -> bytes:
+def _part_header(boundary: str, name: bytes, content_type: str, mode: int = 0) -> bytes:
+    field = f"file?mode=0{mode:o}" if mode else "file"
     return (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quote_plus(name, safe="")}"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{quote_plus(name, safe="")}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n"
     ).encode("ascii")
+
+
+def _go_mode(entry: Entry) -> int:
+    """`entry`'s mode as Go's `os.FileMode` (what `ipfs add --preserve-mode` sends for it)."""
+    mode = entry.mode & 0o777
+    for bit, go_bit in ((stat.S_ISUID, 1 << 23), (stat.S_ISGID, 1 << 22), (stat.S_ISVTX, 1 << 20)):
+        if entry.mode & bit:
+            mode |= go_bit
+    return mode | (1 << 31) if entry.kind == "dir" else mode
 
 
 class KuboClient:
@@ -145,14 +165,23 @@ class KuboClient:
 
     def _describe(self, path: str, response: httpx.Response) -> str:
         status = response.status_code
+        kubo = True  # Kubo answers every failure with a JSON {"Message", "Code", "Type": "error"}
         try:
-            message = str(response.json().get("Message") or response.text)
-        except (ValueError, AttributeError):
+            message = str(response.json()["Message"])
+        except (ValueError, AttributeError, KeyError, TypeError):
+            kubo = False
             message = response.text.strip() or response.reason_phrase
         if status in (401, 403):
             return (
                 f"Kubo at {self.api_url} refused {path} ({status} {message.strip()}): "
                 "check IPFSNode.auth and the node's API.Authorizations"
+            )
+        if not kubo:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            return (
+                f"{self.api_url} does not look like a Kubo RPC API: {path} answered HTTP {status} with "
+                f"{kind}, not Kubo's JSON error; check IPFSNode.api_address (the node's RPC API, usually port "
+                "5001, not its gateway or another server)"
             )
         return f"Kubo at {self.api_url} failed on {path} ({status}): {message.strip()}"
 
@@ -224,7 +253,8 @@ class KuboClient:
             raise self._error(f"{path} is not a folder")
         root_name = tree.name if tree.name not in (b"", b".", b"..") else b"result"
         boundary = uuid.uuid4().hex
-        body = self._multipart(tree, root_name, boundary, tap, read_size)
+        modes = flags.get("preserve-mode") == "true"
+        body = self._multipart(tree, root_name, boundary, tap, read_size, modes)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         root_str = os.fsdecode(root_name)
         root_cid: str | None = None
@@ -237,19 +267,20 @@ class KuboClient:
         return root_cid
 
     def _multipart(
-        self, tree: Entry, root_name: bytes, boundary: str, tap: AddTap | None, read_size: int
+        self, tree: Entry, root_name: bytes, boundary: str, tap: AddTap | None, read_size: int, modes: bool
     ) -> Iterator[bytes]:
         """The body `ipfs add -r` sends: each folder's part, then its children's, depth first."""
         stack: list[tuple[Entry, bytes]] = [(tree, root_name)]
         while stack:
             entry, name = stack.pop()
+            mode = _go_mode(entry) if modes else 0
             if entry.kind == "dir":
-                yield _part_header(boundary, name, "application/x-directory") + b"\r\n"
+                yield _part_header(boundary, name, "application/x-directory", mode) + b"\r\n"
                 stack.extend((child, name + b"/" + child.name) for child in reversed(entry.children))
-            elif entry.kind == "symlink":
+            elif entry.kind == "symlink":  # Kubo stores no mode for a symlink
                 yield _part_header(boundary, name, "application/symlink") + entry.target + b"\r\n"
             else:
-                yield _part_header(boundary, name, "application/octet-stream")
+                yield _part_header(boundary, name, "application/octet-stream", mode)
                 yield from self._file_body(entry, tap, read_size)
                 yield b"\r\n"
         yield f"--{boundary}--\r\n".encode("ascii")

@@ -2,23 +2,26 @@
 
 It mirrors boxo (the library inside Kubo): fixed-size chunking, the balanced DAG layout, raw or dag-pb
 leaves, CIDv0/v1 with sha2-256, basic directories, and HAMT-sharded directories (murmur3, fanout 256 by
-default) once a directory's estimated size passes the threshold. `scan` reads a folder's shape, `import_tree`
-hashes it; `shape_cid` does the same with placeholder leaf hashes, without reading file contents, which is
-enough to tell whether two sets of import settings build the same DAG.
+default) once a directory's estimated size passes the threshold. `scan` (from `tree`) reads a folder's
+shape, `import_tree` hashes it; `shape_cid` does the same with placeholder leaf hashes, without reading
+file contents, which is enough to tell whether two sets of import settings build the same DAG.
+
+With `preserve_mode` (`ipfs add --preserve-mode`), the UnixFS `mode` goes where Kubo 0.42 puts it: the
+permission bits (07777) on each file's root node (only when not 0) and on each folder's node or root shard
+(always); never on symlinks. Kubo turns raw leaves off for it, so every file root is a dag-pb node.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from .cid import CID, DAG_PB, RAW, encode_varint, sha256_cid
 from .dagpb import DIRECTORY, FILE, SYMLINK, PBLink, UnixFSData, encode_node, encode_unixfs
 from .hamt import build_hamt
+from .tree import Entry, UnsupportedEntryError, scan
 
 __all__ = [
     "PROFILES",
@@ -31,6 +34,7 @@ __all__ = [
     "build_directory",
     "build_tree",
     "cid_string",
+    "entry_mode",
     "import_path",
     "import_tree",
     "iter_blocks",
@@ -42,8 +46,6 @@ __all__ = [
 SizeEstimation = Literal["links", "block", "disabled"]
 Emit = Callable[[bytes, bytes], None]
 """Receives each block as (binary CID, block bytes)."""
-
-_DIR_DATA = encode_unixfs(UnixFSData(DIRECTORY))
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,11 @@ class ImportParams:
     hamt_fanout: int = 256
     hamt_threshold: int = 262144
     size_estimation: SizeEstimation = "links"
+    preserve_mode: bool = False
 
     def __post_init__(self) -> None:
+        if self.preserve_mode and self.raw_leaves:
+            raise ValueError("raw leaves cannot carry a mode: Kubo refuses raw-leaves with preserve-mode")
         if not 1 <= self.chunk_size <= 2096896:
             raise ValueError(f"chunk size must be 1..2096896 bytes, got {self.chunk_size}")
         if self.max_file_links < 2:
@@ -72,6 +77,10 @@ class ImportParams:
     def chunker(self) -> str:
         """Kubo's chunker spelling, e.g. `size-1048576`."""
         return f"size-{self.chunk_size}"
+
+    def with_modes(self) -> ImportParams:
+        """These settings with modes preserved, and so without raw leaves (as Kubo's `--preserve-mode`)."""
+        return replace(self, raw_leaves=False, preserve_mode=True)
 
 
 PROFILES: dict[str, ImportParams] = {
@@ -104,13 +113,19 @@ def _placeholder(codec: int, version: int) -> bytes:
 
 
 class FileBuilder:
-    """Chunk a file's bytes and build its balanced DAG incrementally (boxo's `balanced.Layout`)."""
+    """Chunk a file's bytes and build its balanced DAG incrementally (boxo's `balanced.Layout`).
 
-    def __init__(self, params: ImportParams, emit: Emit | None = None) -> None:
+    `mode` goes into the root node, so the node built last is emitted only once the next one exists
+    (or, re-encoded with the mode, by `finish`): the node without the mode never reaches `emit`.
+    """
+
+    def __init__(self, params: ImportParams, emit: Emit | None = None, mode: int | None = None) -> None:
         self._params = params
         self._emit = emit
+        self._mode = mode
         self._levels: list[list[Link]] = [[]]
         self._pending = bytearray()
+        self._last: tuple[Link, bytes | None, Callable[[int], Link] | None] | None = None
 
     def write(self, data: bytes) -> None:
         """Feed the next bytes of the file, in any piece sizes."""
@@ -132,19 +147,26 @@ class FileBuilder:
             self._push(0, self._shape_leaf(length))
 
     def finish(self) -> Link:
-        """The file's root link (a lone leaf, or the balanced tree above the leaves)."""
+        """The file's root link (a lone leaf, or the balanced tree above the leaves), with the mode."""
         if self._pending:
             self._push(0, self._leaf(bytes(self._pending)))
             self._pending.clear()
         levels = self._levels
         top = max((i for i, level in enumerate(levels) if level), default=-1)
         if top < 0:
-            return self._leaf(b"")
-        for depth in range(top):
-            if levels[depth]:
-                levels[depth + 1].append(self._internal(levels[depth]))
-                levels[depth] = []
-        return levels[top][0] if len(levels[top]) == 1 else self._internal(levels[top])
+            root = self._leaf(b"")
+        else:
+            for depth in range(top):
+                if levels[depth]:
+                    levels[depth + 1].append(self._internal(levels[depth]))
+                    levels[depth] = []
+            root = levels[top][0] if len(levels[top]) == 1 else self._internal(levels[top])
+        last, self._last = self._last, None  # the root is always the node built last
+        if last is not None and last[0] is root and last[2] is not None and self._mode is not None:
+            root = last[2](self._mode)
+            last, self._last = self._last, None
+        self._release(last)
+        return root
 
     def _push(self, depth: int, link: Link) -> None:
         level = self._levels[depth]
@@ -156,17 +178,26 @@ class FileBuilder:
             self._levels[depth] = []
             self._push(depth + 1, node)
 
+    def _built(self, link: Link, block: bytes | None, with_mode: Callable[[int], Link] | None) -> Link:
+        """Hold a new node back from `emit` and release the one before it (which cannot be the root)."""
+        self._release(self._last)
+        self._last = (link, block, with_mode)
+        return link
+
+    def _release(self, node: tuple[Link, bytes | None, object] | None) -> None:
+        if node is not None and node[1] is not None and self._emit is not None:
+            self._emit(node[0].cid, node[1])
+
+    def _node(self, children: Sequence[Link], data: UnixFSData) -> Link:
+        block = encode_node([PBLink(c.cid, b"", c.tsize) for c in children], encode_unixfs(data))
+        cid = sha256_cid(block, DAG_PB, self._params.cid_version)
+        link = Link(cid, len(block) + sum(c.tsize for c in children), data.filesize or 0)
+        return self._built(link, block, lambda mode: self._node(children, replace(data, mode=mode)))
+
     def _leaf(self, chunk: bytes) -> Link:
-        params = self._params
-        if params.raw_leaves:
-            cid = sha256_cid(chunk, RAW, 1)
-            block = chunk
-        else:
-            block = encode_node([], encode_unixfs(UnixFSData(FILE, chunk or None, len(chunk))))
-            cid = sha256_cid(block, DAG_PB, params.cid_version)
-        if self._emit is not None:
-            self._emit(cid, block)
-        return Link(cid, len(block), len(chunk))
+        if self._params.raw_leaves:  # a raw root carries no mode (boxo leaves it out)
+            return self._built(Link(sha256_cid(chunk, RAW, 1), len(chunk), len(chunk)), chunk, None)
+        return self._node([], UnixFSData(FILE, chunk or None, len(chunk)))
 
     def _shape_leaf(self, length: int) -> Link:
         if self._params.raw_leaves:
@@ -174,20 +205,18 @@ class FileBuilder:
         size = len(encode_varint(length))
         inner = 2 + 1 + size + length + 1 + size
         block_size = 1 + len(encode_varint(inner)) + inner
-        return Link(_placeholder(DAG_PB, self._params.cid_version), block_size, length)
+        link = Link(_placeholder(DAG_PB, self._params.cid_version), block_size, length)
+        return self._built(
+            link, None, lambda mode: self._node([], UnixFSData(FILE, bytes(length), length, mode=mode))
+        )
 
     def _internal(self, children: Sequence[Link]) -> Link:
         filesize = sum(child.filesize for child in children)
-        data = encode_unixfs(UnixFSData(FILE, None, filesize, tuple(c.filesize for c in children)))
-        block = encode_node([PBLink(c.cid, b"", c.tsize) for c in children], data)
-        cid = sha256_cid(block, DAG_PB, self._params.cid_version)
-        if self._emit is not None:
-            self._emit(cid, block)
-        return Link(cid, len(block) + sum(c.tsize for c in children), filesize)
+        return self._node(children, UnixFSData(FILE, None, filesize, tuple(c.filesize for c in children)))
 
 
 def symlink_link(target: bytes, params: ImportParams, emit: Emit | None = None) -> Link:
-    """The UnixFS symlink node for `target`."""
+    """The UnixFS symlink node for `target` (never with a mode: Kubo stores none for symlinks)."""
     block = encode_node([], encode_unixfs(UnixFSData(SYMLINK, target)))
     cid = sha256_cid(block, DAG_PB, params.cid_version)
     if emit is not None:
@@ -195,7 +224,7 @@ def symlink_link(target: bytes, params: ImportParams, emit: Emit | None = None) 
     return Link(cid, len(block))
 
 
-def _needs_hamt(links: Sequence[PBLink], params: ImportParams) -> bool:
+def _needs_hamt(links: Sequence[PBLink], data: bytes, params: ImportParams) -> bool:
     """boxo's Basic→HAMT switch for a directory holding `links` (sizes only grow while importing)."""
     if params.hamt_threshold == 0:
         return False
@@ -203,58 +232,38 @@ def _needs_hamt(links: Sequence[PBLink], params: ImportParams) -> bool:
     if params.size_estimation == "disabled":
         return too_many
     if params.size_estimation == "block":
-        size = len(encode_node(links, _DIR_DATA))
+        size = len(encode_node(links, data))
     else:
         size = sum(len(link.name) + len(link.cid) for link in links)
     return too_many or size > params.hamt_threshold
 
 
 def build_directory(
-    entries: Sequence[tuple[bytes, Link]], params: ImportParams, emit: Emit | None = None
+    entries: Sequence[tuple[bytes, Link]],
+    params: ImportParams,
+    emit: Emit | None = None,
+    mode: int | None = None,
 ) -> Link:
     """A directory over (name, link) entries: one basic node, or a HAMT when Kubo would shard it."""
     links = sorted((PBLink(link.cid, name, link.tsize) for name, link in entries), key=lambda lk: lk.name)
-    if _needs_hamt(links, params):
-        return Link(*build_hamt(links, params.hamt_fanout, params.cid_version, emit))
-    block = encode_node(links, _DIR_DATA)
+    data = encode_unixfs(UnixFSData(DIRECTORY, mode=mode))
+    if _needs_hamt(links, data, params):
+        return Link(*build_hamt(links, params.hamt_fanout, params.cid_version, emit, mode))
+    block = encode_node(links, data)
     cid = sha256_cid(block, DAG_PB, params.cid_version)
     if emit is not None:
         emit(cid, block)
     return Link(cid, len(block) + sum(link.tsize for link in links))
 
 
-class UnsupportedEntryError(ValueError):
-    """A folder holds something UnixFS cannot represent (a socket, FIFO or device file)."""
-
-
-@dataclass(eq=False)
-class Entry:
-    """One scanned file, symlink or directory (children sorted by name, hidden ones included)."""
-
-    name: bytes
-    path: Path
-    kind: Literal["file", "dir", "symlink"]
-    size: int = 0
-    target: bytes = b""
-    children: list[Entry] = field(default_factory=list)
-
-
-def scan(path: Path) -> Entry:
-    """The shape of `path` (a folder, file or symlink): names, kinds, sizes, symlink targets."""
-    info = os.lstat(path)
-    name = os.fsencode(path.name)
-    if stat.S_ISLNK(info.st_mode):
-        return Entry(name, path, "symlink", target=os.fsencode(os.readlink(path)))
-    if stat.S_ISREG(info.st_mode):
-        return Entry(name, path, "file", size=info.st_size)
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsupportedEntryError(
-            f"{path} is neither a file, a folder nor a symlink; UnixFS cannot hold it"
-        )
-    with os.scandir(path) as it:
-        children = [scan(Path(item.path)) for item in it]
-    children.sort(key=lambda child: child.name)
-    return Entry(name, path, "dir", children=children)
+def entry_mode(entry: Entry, params: ImportParams) -> int | None:
+    """The UnixFS mode Kubo stores for `entry`: none without `preserve_mode`, for symlinks, or for a file
+    whose permission bits are all 0; a folder's always (even 0: its Go mode has the directory bit set)."""
+    if not params.preserve_mode or entry.kind == "symlink":
+        return None
+    if entry.kind == "file":
+        return entry.mode or None
+    return entry.mode
 
 
 def build_tree(
@@ -264,7 +273,8 @@ def build_tree(
 
     def visit(entry: Entry) -> Link:
         if entry.kind == "dir":
-            return build_directory([(child.name, visit(child)) for child in entry.children], params, emit)
+            children = [(child.name, visit(child)) for child in entry.children]
+            return build_directory(children, params, emit, entry_mode(entry, params))
         if entry.kind == "symlink":
             return symlink_link(entry.target, params, emit)
         return file_link(entry)
@@ -294,11 +304,11 @@ def iter_blocks(
             children = []
             for child in entry.children:
                 children.append((child.name, (yield from visit(child))))
-            link = build_directory(children, params, emit)
+            link = build_directory(children, params, emit, entry_mode(entry, params))
         elif entry.kind == "symlink":
             link = symlink_link(entry.target, params, emit)
         else:
-            builder = FileBuilder(params, emit)
+            builder = FileBuilder(params, emit, entry_mode(entry, params))
             with open(entry.path, "rb") as handle:
                 while chunk := handle.read(params.chunk_size):
                     builder.write(chunk)
@@ -329,7 +339,7 @@ def shape_cid(root: Entry, params: ImportParams) -> bytes:
     """Root CID of the tree built with placeholder leaf hashes: equal for two params iff the DAGs match."""
 
     def shaped(entry: Entry) -> Link:
-        builder = FileBuilder(params)
+        builder = FileBuilder(params, mode=entry_mode(entry, params))
         builder.write_shape(entry.size)
         return builder.finish()
 
@@ -337,5 +347,6 @@ def shape_cid(root: Entry, params: ImportParams) -> bytes:
 
 
 def import_path(path: Path, params: ImportParams) -> str:
-    """The root CID Kubo's `ipfs add -r` (hidden files included) gives `path` with these params."""
+    """The root CID Kubo's `ipfs add -r` (hidden files included) gives `path` with these params
+    (with `preserve_mode`: `ipfs add -r --preserve-mode`)."""
     return cid_string(import_tree(scan(path), params).cid)

@@ -1,8 +1,11 @@
 """The `ipfs` publisher: add a result folder to a Kubo node and return its root CID, verified locally.
 
-The folder (hidden files included) goes to `/api/v0/add` as one multipart request with every CID-deciding
-flag of the block's `cid_profile` sent explicitly; the same bytes feed a local UnixFS import as they are
-sent, and a node CID that differs from the local one is refused.
+Nothing is sent that `get` would refuse: a symlink whose target is absolute or leaves the folder (lexically,
+or through the folder's other symlinks) or folders nested too deep stop the publish before the node is
+contacted. The folder (hidden files included) then goes to `/api/v0/add` as one multipart request with
+every CID-deciding flag of the block's `cid_profile` sent explicitly (and `preserve-mode` with the entries'
+modes when `preserve_mode` is on, which turns raw leaves off as Kubo does); the same bytes feed a local UnixFS
+import as they are sent, and a node CID that differs from the local one is refused.
 
 Two import settings cannot be sent with `add`: the HAMT sharding threshold and its size-estimation mode are
 node config (`Import.UnixFSHAMTDirectorySize*`). They only matter for folders with thousands of entries, so
@@ -14,6 +17,7 @@ through `/api/v0/dag/import` instead: the published CID is always the profile's,
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +27,8 @@ from ..blocks import IPFSNode
 from ..errors import IPFSPublishError
 from ..kubo.car import encode_frame, encode_header
 from ..kubo.cid import CID
-from ..kubo.rpc import KuboClient, add_flags
+from ..kubo.export import MAX_FOLDER_DEPTH, show_entry, symlink_problem
+from ..kubo.rpc import MODE_VERSION, KuboClient, add_flags
 from ..kubo.unixfs import (
     PROFILES,
     Entry,
@@ -34,6 +39,7 @@ from ..kubo.unixfs import (
     UnsupportedEntryError,
     build_tree,
     cid_string,
+    entry_mode,
     import_tree,
     iter_blocks,
     scan,
@@ -109,16 +115,17 @@ class _Tap:
         self._links: dict[Entry, Link] = {}
         self._current: tuple[Entry, FileBuilder] | None = None
 
+    def _builder(self, entry: Entry) -> FileBuilder:
+        return FileBuilder(self._params, mode=entry_mode(entry, self._params))
+
     def file_data(self, entry: Entry, data: bytes) -> None:
         if self._current is None or self._current[0] is not entry:
-            self._current = (entry, FileBuilder(self._params))
+            self._current = (entry, self._builder(entry))
         self._current[1].write(data)
         advance(len(data))
 
     def file_done(self, entry: Entry) -> None:
-        builder = (
-            self._current[1] if self._current and self._current[0] is entry else FileBuilder(self._params)
-        )
+        builder = self._current[1] if self._current and self._current[0] is entry else self._builder(entry)
         self._links[entry] = builder.finish()
         self._current = None
 
@@ -144,8 +151,8 @@ def _publish_by_add(client: KuboClient, tree: Entry, params: ImportParams, profi
     local = cid_string(build_tree(tree, params, tap.link).cid)
     if not _same(node_cid, local):
         raise IPFSPublishError(
-            f"Kubo at {client.api_url} made {node_cid} of {tree.path}, but the {profile} profile gives "
-            f"{local}: the node applies other import settings (check its Import.* config); "
+            f"Kubo at {client.api_url} made {node_cid} of {tree.path}, but the {profile} profile"
+            f"{' with modes' if params.preserve_mode else ''} gives {local}: the node applies other import settings (check its Import.* config); "
             f"refusing to publish {node_cid}" + (" (the node keeps it pinned)" if pin else "")
         )
     return local
@@ -176,17 +183,59 @@ def _publish_by_car(client: KuboClient, tree: Entry, params: ImportParams, pin: 
     return local
 
 
+def check_tree(tree: Entry) -> None:
+    """Refuse what `get` would refuse: symlinks leaving the folder, folders nested too deep.
+
+    The rules are the fetch side's (`symlink_problem`, then each link resolved through the others);
+    entries are named by their path inside the folder.
+    """
+    top = os.path.realpath(tree.path)
+    stack: list[tuple[Entry, str, int]] = [(child, os.fsdecode(child.name), 0) for child in tree.children]
+    while stack:
+        entry, rel, depth = stack.pop()
+        if entry.kind == "dir":
+            if depth + 1 > MAX_FOLDER_DEPTH:
+                raise IPFSPublishError(
+                    f"{show_entry(rel)} in the result folder nests deeper than {MAX_FOLDER_DEPTH} folders, "
+                    "which get refuses; refusing to publish it"
+                )
+            stack.extend((child, f"{rel}/{os.fsdecode(child.name)}", depth + 1) for child in entry.children)
+        elif entry.kind == "symlink":
+            problem = symlink_problem(entry.target, depth)
+            if problem is None and os.path.commonpath([top, os.path.realpath(entry.path)]) != top:
+                problem = "it resolves outside the result through another symlink"
+            if problem is not None:
+                raise IPFSPublishError(
+                    f"symlink {show_entry(rel, entry.target)} in the result folder: {problem}, which get "
+                    "refuses; refusing to publish it"
+                )
+
+
 def publish_folder(result_dir: Path, node: IPFSNode) -> str:
     """Publish a folder to the node; returns its root CID (the `cid_profile`'s CID, checked locally)."""
     params = PROFILES[node.cid_profile]
+    if node.preserve_mode:
+        params = params.with_modes()
     if not result_dir.is_dir():
         raise IPFSPublishError(f"result folder {result_dir} does not exist or is not a folder")
+    top = result_dir.resolve() if result_dir.is_symlink() else result_dir
     try:
-        tree = scan(result_dir.resolve() if result_dir.is_symlink() else result_dir)
-    except (OSError, UnsupportedEntryError) as exc:
+        tree = scan(top)
+    except UnsupportedEntryError as exc:
+        raise IPFSPublishError(
+            f"{show_entry(os.path.relpath(exc.path, top))} in the result folder is {exc.what}; "
+            "UnixFS holds files, folders and symlinks only"
+        ) from None
+    except OSError as exc:
         raise IPFSPublishError(f"cannot read result folder {result_dir}: {exc}") from None
+    check_tree(tree)
     with KuboClient.from_node(node) as client:
         version = client.version()
+        if node.preserve_mode and version < MODE_VERSION:
+            raise IPFSPublishError(
+                f"Kubo at {client.api_url} cannot store modes (add --preserve-mode came in Kubo "
+                f"{'.'.join(map(str, MODE_VERSION))}): upgrade it or turn IPFSNode.preserve_mode off"
+            )
         applied = node_import_params(client, params, version)
         if shape_cid(tree, params) == shape_cid(tree, applied):
             return _publish_by_add(client, tree, params, node.cid_profile, node.pin)

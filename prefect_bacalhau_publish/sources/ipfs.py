@@ -2,11 +2,14 @@
 
 A folder CID becomes a folder at `dest`, a file CID a file at `dest`. The CAR is spooled into a temporary
 folder beside `dest`, indexed with every block's hash checked, then the DAG is written there and renamed
-into place only when complete; on any failure `dest` is left as it was.
+into place only when complete; on any failure `dest` is left as it was. Modes stored in the DAG are applied
+to what is inside the folder (permission bits only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +18,7 @@ from ..blocks import IPFSNode
 from ..errors import FetchError
 from ..kubo.car import CarStore
 from ..kubo.cid import CID
-from ..kubo.export import export_dag
+from ..kubo.export import export_dag, show_entry
 from ..kubo.rpc import KuboClient
 from ..progress import advance, expect
 from ..specs import IPFSParams, SourceSpec
@@ -66,10 +69,32 @@ def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
             export_dag(store, root, work / "out")
         place(work / "out", dest)
     except OSError as exc:
-        raise FetchError(f"cannot write the content of {cid} under {dest.parent}: {exc}") from None
+        raise FetchError(
+            f"cannot write the content of {cid} under {dest.parent}: {_why(exc, work)}"
+        ) from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _discard(work)
     return dest
+
+
+def _why(exc: OSError, work: Path) -> str:
+    """An OSError naming the entry inside the result (or the CAR spool), not the staging folder."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
+    if not name.startswith(f"{work}{os.sep}"):
+        return str(exc)
+    rel = os.path.relpath(name, work / "out")
+    return f"{exc.strerror} ({'the spooled CAR' if rel.startswith('..') else show_entry(rel)})"
+
+
+def _discard(work: Path) -> None:
+    """Remove the staging folder, opening first the folders a DAG's modes closed (symlinks untouched)."""
+    for folder, dirnames, _files in os.walk(work):
+        for name in dirnames:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def fetch(source: SourceSpec, dest: Path, target: IPFSNode | None) -> Path:
