@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from .errors import JobError, PublishError, SpecError
+from .parse import as_inputs
 from .process import OutputLog, run_process
 from .publishers import publish_to
 from .sources import fetch_source
@@ -44,13 +45,15 @@ class JobResult(BaseModel):
 
 
 def fetch_all(
-    inputs: Sequence[InputSource],
+    inputs: Sequence[InputSource | Mapping[str, Any] | str],
     root: Path,
     *,
     allowed_local_paths: Sequence[str] | None = None,
     **blocks: Any,
 ) -> dict[str, Path]:
-    """Materialise every input under `root` at its Target (leading `/` dropped); returns Target → path."""
+    """Materialise every input under `root` at its Target (leading `/` dropped); returns Target → path.
+    Inputs may also be Bacalhau JSON objects or `-i` strings (`as_inputs`)."""
+    inputs = as_inputs(inputs)
     out: dict[str, Path] = {}
     targets = [source.relative_target for source in inputs]
     for index, target in enumerate(targets):
@@ -105,7 +108,7 @@ def execute_job(
     *,
     publisher: PublisherSpec | None,
     context: ExecutionContext,
-    inputs: Sequence[InputSource] = (),
+    inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
@@ -128,6 +131,7 @@ def execute_job(
     names = [path.name for path in result_paths]
     if len(set(names)) != len(names):
         raise PublishError("ResultPaths names must be unique")
+    inputs = as_inputs(inputs)  # malformed specs fail here, before anything runs
     with tempfile.TemporaryDirectory(prefix="pbp-job-") as tmp:
         workdir = Path(tmp) / "work"
         results = Path(tmp) / "results"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -20,6 +20,7 @@ from .errors import SpecError
 from .specs import InputSource, PublishedResult, PublisherSpec, TaskIO, describe
 
 __all__ = [
+    "as_inputs",
     "load_result",
     "parse_input_string",
     "parse_job_spec",
@@ -75,6 +76,27 @@ def parse_publisher_string(text: str) -> PublisherSpec:
         )
     params.update(options)
     return validate_spec(PublisherSpec, {"Type": scheme, "Params": params})
+
+
+def as_inputs(inputs: Sequence[InputSource | Mapping[str, Any] | str]) -> list[InputSource]:
+    """Input sources from themselves, their Bacalhau JSON objects or Bacalhau's CLI `-i` syntax; SpecError
+    naming the index of the first malformed one."""
+    if isinstance(inputs, (str, Mapping, InputSource)):
+        inputs = [inputs]
+    out: list[InputSource] = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, InputSource):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(parse_input_string(item))
+        elif isinstance(item, Mapping):
+            out.append(validate_spec(InputSource, item, f"invalid input [{index}]"))
+        else:
+            raise SpecError(
+                f"invalid input [{index}]: {type(item).__name__}; give an InputSource, its JSON object or "
+                "an s3:// / ipfs:// / http(s):// string"
+            )
+    return out
 
 
 def parse_input_string(text: str, target: str | None = None) -> InputSource:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import FetchError
 from .parse import load_result
 from .sources import fetch_source
-from .sources.place import beside, place
+from .sources.place import beside, check_dest, place
 from .specs import PublishedResult, S3Params
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def fetch_result(
 
         signed = presign(spec.params, s3_access(s3))
         spec = PublishedResult.model_validate({"Type": "s3PreSigned", "Params": signed})
+    check_dest(dest)  # at once, not after the whole download
     source = spec.to_input_source("/result").source
     with beside(dest, ".pbp-get-") as tmp:
         staging = tmp / "result"

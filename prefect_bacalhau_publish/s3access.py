@@ -8,6 +8,7 @@ fetching with boto3's default credential chain (the CLI without `--s3-block`) ne
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -169,6 +170,41 @@ def check_endpoint(endpoint: str | None) -> None:
         raise SpecError(
             f"S3 endpoint {endpoint!r} has no scheme: write http://{endpoint} (or https://{endpoint} for TLS)"
         )
+
+
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+
+
+def check_bucket(bucket: str) -> None:
+    """Refuse, before any request, a bucket name no S3 store takes: 3 to 63 characters (255 for AWS's
+    legacy us-east-1 names), letters, digits, `.`, `-` (and `_` for those legacy names), starting and
+    ending with a letter or digit, no `..`."""
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or (len(bucket) > 63 and bucket.lower() == bucket):
+        from .errors import SpecError
+
+        raise SpecError(
+            f"bucket name {bucket!r} is not one S3 accepts: 3-63 lowercase letters, digits, '.' or '-', "
+            "starting and ending with a letter or digit; fix Bucket"
+        )
+
+
+def check_key(key: str, what: str = "Key") -> None:
+    """Refuse, before any request, a key S3 stores but nothing can fetch back as a path: empty, over 1024
+    UTF-8 bytes, or with a `.` or `..` segment (a placeholder value such as a job ID of `../x`)."""
+    from .errors import SpecError
+
+    size = len(key.encode("utf-8", "surrogatepass"))
+    bad = [part for part in key.split("/") if part in (".", "..")]
+    if not key or size > 1024 or bad:
+        why = (
+            "it is empty"
+            if not key
+            else f"it is {size} bytes, over 1024"
+            if size > 1024
+            else (f"it has a {bad[0]!r} segment")
+        )
+        shown = repr(key) if len(key) <= 80 else repr(key[:60]) + "…"
+        raise SpecError(f"S3 key {shown} is not usable: {why}; fix {what} (and the placeholder values in it)")
 
 
 def s3_access(target: S3Target | S3Access | None) -> S3Access:

@@ -79,6 +79,15 @@ def is_denied(exc: BaseException) -> bool:
     return error_code(exc) in _DENIED
 
 
+def _plain_http(exc: BaseException) -> bool:
+    """https:// sent to an endpoint that answers in plain http (OpenSSL: WRONG_VERSION_NUMBER; rustls:
+    a corrupt message / InvalidContentType)."""
+    text = str(exc)
+    return (isinstance(exc, SSLError) or _is_obstore(exc)) and any(
+        sign in text for sign in ("WRONG_VERSION_NUMBER", "wrong version number", "InvalidContentType")
+    )
+
+
 def _untrusted_certificate(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, SSLError) or (
@@ -130,6 +139,9 @@ def explain(
         hint = (
             "no S3 credentials found: set a credentials block on S3Storage or the AWS_* environment variables"
         )
+    elif _plain_http(exc):
+        plain = f" ({endpoint.replace('https://', 'http://', 1)})" if endpoint else ""
+        hint = f"the S3 endpoint{at} speaks plain http, not TLS: write its Endpoint with http://{plain}"
     elif _untrusted_certificate(exc):
         hint = (
             f"the TLS certificate of the S3 endpoint{at} is not trusted: give the CA bundle as "

@@ -193,7 +193,7 @@ def publish_result(
     **TRANSFER_OPTIONS,
 )
 def fetch_inputs(
-    inputs: Sequence[InputSource],
+    inputs: Sequence[InputSource | Mapping[str, Any] | str],
     root: Path | str,
     *,
     s3: S3Target | None = None,
@@ -248,7 +248,7 @@ def run_job(
     command: JobCommand,
     *,
     publisher: PublisherSpec | Mapping[str, Any] | str | None,
-    inputs: Sequence[InputSource] = (),
+    inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,

@@ -40,7 +40,7 @@ async def apublish_result(
 
 @task(name="fetch_inputs", task_run_name=runnames.fetch_inputs_name, **tasks.TRANSFER_OPTIONS)
 async def afetch_inputs(
-    inputs: Sequence[InputSource],
+    inputs: Sequence[InputSource | Mapping[str, Any] | str],
     root: Path | str,
     *,
     s3: S3Target | None = None,
@@ -85,7 +85,7 @@ async def arun_job(
     command: JobCommand,
     *,
     publisher: PublisherSpec | Mapping[str, Any] | str | None,
-    inputs: Sequence[InputSource] = (),
+    inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,

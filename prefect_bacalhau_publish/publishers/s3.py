@@ -23,7 +23,7 @@ from ..checksums import b64
 from ..errors import S3PublishError
 from ..manifest import Manifest, manifest_key
 from ..naming import render_key
-from ..s3access import S3Access, s3_access
+from ..s3access import S3Access, check_bucket, check_key, s3_access
 from ..s3errors import error_code, is_client_error, is_denied, wrapped
 from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 from .s3_plain import plan_tree, upload_files
@@ -44,10 +44,12 @@ def publish(
 ) -> PublishedResult:
     """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec."""
     params = spec.s3
+    key = render_key(params.key, context=context, archive=params.archived)
+    check_bucket(params.bucket)
+    check_key(key)
     storage = s3_access(target)
     endpoint, region = storage.resolve(params.endpoint, params.region)
     client = storage.get_client(params.endpoint, params.region)
-    key = render_key(params.key, context=context, archive=params.archived)
     out: dict[str, Any] = {"Bucket": params.bucket, "Key": key, "Region": region, "Endpoint": endpoint}
     started = time.perf_counter()
     _abort_pending(client, endpoint, params.bucket)

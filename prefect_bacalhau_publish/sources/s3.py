@@ -27,7 +27,7 @@ from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
 from ..manifest import Manifest, manifest_key
 from ..progress import advance, expect, submit
 from ..publishers.s3_plain import obstore_can_carry
-from ..s3access import s3_access
+from ..s3access import check_bucket, s3_access
 from ..s3errors import error_code, is_denied, wrapped
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
@@ -64,6 +64,7 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
         raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
     if isinstance(params, S3PreSignedParams):
         return _fetch_presigned(params, dest, s3_access(target).tls_verify())
+    check_bucket(params.bucket)
     storage = s3_access(target)
     endpoint = params.endpoint or storage.endpoint_url
     client = storage.get_client(params.endpoint, params.region)
@@ -110,11 +111,29 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
                 _download_all(client, params, objects, staging, storage.max_concurrency)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
+        if error_code(exc) in ("404", "NotFound") and _bucket_missing(client, params.bucket):
+            raise FetchError(
+                f"fetch s3://{params.bucket}/{params.key} failed: bucket {params.bucket!r} does not exist"
+                f"{f' at {endpoint}' if endpoint else ''}: fix Bucket (or create it)"
+            ) from None
         raise wrapped(
             FetchError, exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint
         ) from None
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
+
+
+def _bucket_missing(client: S3Client, bucket: str) -> bool:
+    """After a bare 404 (a HEAD has no error body): is it the bucket that is missing? Only on this failure
+    path, so a fetch that succeeds never needs the `s3:ListBucket` that HeadBucket takes; False when the
+    answer is not known."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return error_code(exc) in ("404", "NoSuchBucket", "NotFound")
+    except BotoCoreError:
+        return False
+    return False
 
 
 def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) -> Path:
@@ -143,8 +162,8 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
         with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False, verify=tls) as response:
             if response.status_code != 200:
                 raise FetchError(
-                    f"fetch {where} through its presigned URL failed: HTTP {response.status_code}"
-                    " (expired or revoked URL? ask for a new one)"
+                    f"fetch {where} through its presigned URL failed: "
+                    + _refusal(response.status_code, response.read()[:65536], where)
                 )
             expected = int(response.headers.get("content-length", -1))
             if expected >= 0:
@@ -173,6 +192,26 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
         raise ChecksumMismatchError(
             f"checksum mismatch for {where}: the downloaded bytes do not hash to {params.checksum_sha256}"
         )
+
+
+_XML_FIELD = re.compile(rb"<(Code|Message)>([^<]{0,300})</(?:Code|Message)>")
+
+
+def _refusal(status: int, body: bytes, where: str) -> str:
+    """Why the store refused a presigned GET, from its status and S3 error document, and what to do."""
+    fields = {name.decode(): value.decode(errors="replace") for name, value in _XML_FIELD.findall(body)}
+    code, message = fields.get("Code", ""), fields.get("Message", "")
+    said = f"HTTP {status}" + (f" {code}" if code else "") + (f" ({message.rstrip('.')})" if message else "")
+    if status == 403 and "expired" in message.lower():
+        return f"{said}: the URL has expired; ask for a new one (get again, or presign with a longer expiry)"
+    if status == 403:
+        return (
+            f"{said}: the credentials that signed the URL may not read {where} (they need s3:GetObject on "
+            "it) or were revoked, or the URL was altered; check the signer's policy and ask for a new URL"
+        )
+    if status == 404:
+        return f"{said}: {where} does not exist (deleted after the URL was made, or a wrong Bucket or Key)"
+    return said
 
 
 def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
