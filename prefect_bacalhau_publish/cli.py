@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -29,11 +30,13 @@ app = App(
     name="prefect-bacalhau",
     help="Bacalhau's result publishers and get, for Prefect.",
     help_format="plaintext",
+    suppress_keyboard_interrupt=False,  # main() reports Ctrl-C: one line, exit 130
 )
 err = Console(stderr=True)
 out = Console()
 
 _MERGE_APPEND = ("stdout", "stderr", "exitCode")
+_SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def _blocks(s3_block: str | None, ipfs_block: str | None, local_block: str | None) -> dict[str, Any]:
@@ -84,6 +87,22 @@ def _flow_run_results(run_id: uuid.UUID) -> list[PublishedResult]:
     return results
 
 
+def _check_spec_path(source: str) -> None:
+    """Refuse at once a SOURCE written as a file path (a `/` or a spec suffix) that is no file: artifact keys
+    and flow-run ids hold neither, so looking it up would only start Prefect to blame an artifact key."""
+    if source.lstrip().startswith(("{", "Type", "type")):  # spec text, which resolve_result reads as such
+        return
+    if "/" not in source and os.sep not in source and not source.lower().endswith(_SPEC_SUFFIXES):
+        return
+    path = Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(f"{source} is a folder, not a spec file: name the .json or .yaml file in it")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"spec file {source} does not exist: check the path (an artifact key holds no '/' or '.')"
+        )
+
+
 def resolve_sources(source: str) -> list[PublishedResult]:
     """A spec file, a flow-run id (all its results), or an artifact key → published results."""
     from .resolve import resolve_result
@@ -120,7 +139,13 @@ def _merge(parts: list[Path], dest: Path) -> None:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str], None]]:
-    """A Rich progress line on stderr counting the bytes transferred; yields a function to relabel it."""
+    """A Rich progress line on stderr counting the bytes transferred; yields a function to relabel it.
+
+    Only on a terminal: elsewhere Rich would leave an empty line in the log or pipe.
+    """
+    if not err.is_terminal:
+        yield lambda label: None
+        return
     from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
     from .progress import listening
@@ -168,12 +193,17 @@ def get(
     from .resolve import fetch_result
     from .sources.place import beside
 
-    results = resolve_sources(source)
+    # Everything that can be refused without the network is, before any lookup or download.
+    _check_spec_path(source)
     dest = output or Path(f"result-{Path(source).stem if Path(source).exists() else source}"[:80])
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
-        raise FetchError(f"{dest} is not empty: choose another --output or pass --force to replace it")
-    blocks = _blocks(s3_block, ipfs_block, local_block)
-    with beside(dest, f".{dest.name}.get-") as tmp:
+    if dest.exists() and not force:
+        if not dest.is_dir():
+            raise FetchError(f"{dest} is a file: choose another --output or pass --force to replace it")
+        if any(dest.iterdir()):
+            raise FetchError(f"{dest} is not empty: choose another --output or pass --force to replace it")
+    with beside(dest, f".{dest.name}.get-") as tmp:  # refuses a destination whose folder is not writable
+        results = resolve_sources(source)
+        blocks = _blocks(s3_block, ipfs_block, local_block)
         parts: list[Path] = []
         with _progress() as bar:
             for index, result in enumerate(results):
@@ -264,6 +294,9 @@ def serve(
 ) -> None:
     """Run the local result server (GET/HEAD with Range, nothing outside the storage folder).
 
+    A missing storage folder is created (mode 0700, as the local publisher creates it); a port in use, out of
+    range, or a storage path that is a file is refused before the server starts.
+
     Parameters
     ----------
     host
@@ -275,13 +308,11 @@ def serve(
     block
         Name of a saved LocalResultServer block to start from.
     """
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"--port {port} is out of range: give 0 to 65535 (0 takes a free port)")
     from .server import serve as run_server
 
-    config = _local_config(block, storage_dir=storage_dir)
-    err.print(
-        f"serving {config.storage_dir} on {host or config.host}:{config.port if port is None else port}"
-    )
-    run_server(config, host=host, port=port)
+    run_server(_local_config(block, storage_dir=storage_dir), host=host, port=port)
 
 
 @app.command
@@ -347,11 +378,23 @@ def readdress(old: str, new: str, files: list[Path]) -> None:
     files
         Published result spec files (JSON or YAML) to rewrite.
     """
+    from .errors import SpecError
     from .readdress import readdress as rebase
     from .specs import load_result
 
-    for path in files:
-        before = load_result(path)
+    loaded: list[tuple[Path, PublishedResult]] = []
+    for path in files:  # every file is read and checked before the first is rewritten
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder, not a spec file: nothing was rewritten")
+        if not path.exists():
+            raise FileNotFoundError(f"spec file {path} does not exist: nothing was rewritten")
+        try:
+            loaded.append((path, load_result(path)))
+        except OSError as exc:
+            raise OSError(f"cannot read {path}: {exc.strerror or exc}; nothing was rewritten") from None
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}; nothing was rewritten") from None
+    for path, before in loaded:
         after = rebase(before, old, new)
         if after != before:
             tmp = path.with_name(f".{path.name}.tmp")
@@ -360,16 +403,41 @@ def readdress(old: str, new: str, files: list[Path]) -> None:
             out.print(f"rewrote {path}")
 
 
+class _LevelFormatter(logging.Formatter):
+    """`warning: <message>`: the CLI's own line format, not Prefect's or logging's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _warnings_to_stderr() -> None:
+    """The package's warnings as `warning: ...` lines on stderr, whether or not Prefect configured logging."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_LevelFormatter())
+    package = logging.getLogger("prefect_bacalhau_publish")
+    package.addHandler(handler)
+    package.propagate = False
+
+
 def main() -> None:
-    """Entry point: run the app; any failure prints one line and exits 1 (130 on Ctrl-C).
+    """Entry point: run the app; any failure prints one `error:` line and exits 1, a usage error (unknown
+    command or option, missing or unconvertible argument) 2, Ctrl-C 130.
 
     `PBP_DEBUG=1` shows the traceback of a failure that is not one of the package's own errors.
     """
+    from cyclopts import CycloptsError
+
     # httpcore imports trio, when installed, only to serve trio event loops, which this CLI never runs: a
     # tenth of a second of every `get` and `publish`.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+    _warnings_to_stderr()
     try:
-        app()
+        app(print_error=False, exit_on_error=False)
+    except CycloptsError as exc:
+        line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        err.print(f"error: {line} (see --help)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False, highlight=False)
         sys.exit(130)

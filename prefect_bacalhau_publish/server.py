@@ -18,6 +18,7 @@ files stay reachable at the new address and only the URLs in published specs nee
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -169,13 +170,57 @@ def serve(
 ) -> None:
     """Run the result server in the foreground until interrupted (uvicorn); flags override the block.
 
-    Logs go to stderr: the access log as bare JSON lines, uvicorn's and retention's as plain text.
+    Before starting, a missing storage folder is created (mode 0700, as the local publisher creates it) and
+    the port is bound, so a storage path that is a file, or a port in use or out of range, raises an OSError
+    or ValueError with a one-line reason instead of starting. Logs go to stderr, each line once: the access log
+    as bare JSON lines, uvicorn's and retention's as plain text.
     """
-    _console_logging()
-    app = create_app(config, prune_interval=prune_interval)
     host = config.host if host is None else host
     port = config.port if port is None else port
-    uvicorn.Server(_uvicorn_config(app, host=host, port=port)).run()
+    _console_logging()
+    storage = _storage_folder(Path(config.storage_dir).expanduser())
+    with contextlib.closing(_bind(host, port)) as sock:
+        server = uvicorn.Server(_uvicorn_config(create_app(config, prune_interval=prune_interval)))
+        sock.listen(server.config.backlog)  # connections queue from here on, so the line below means ready
+        base = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+        logger.info("running on %s, serving %s (Ctrl-C to stop)", base, storage)
+        server.run(sockets=[sock])
+    if not server.started:
+        raise RuntimeError("the result server stopped during startup: see the log lines above")
+
+
+def _storage_folder(storage: Path) -> Path:
+    """`storage`, created (0700) when missing; OSError when it is not a readable folder."""
+    if storage.exists() and not storage.is_dir():
+        raise NotADirectoryError(f"storage folder {storage} is a file, not a folder: check --storage-dir")
+    try:
+        if not storage.exists():
+            storage.mkdir(mode=0o700, parents=True)
+            storage.chmod(0o700)  # whatever the umask, as the local publisher creates it
+            logger.info("created the storage folder %s", storage)
+    except OSError as exc:
+        raise OSError(f"cannot create the storage folder {storage}: {exc.strerror or exc}") from None
+    if not os.access(storage, os.R_OK | os.X_OK):
+        raise PermissionError(f"storage folder {storage} is not readable: check its permissions")
+    return storage
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (0 takes a free one); OSError/ValueError with a one-line reason."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range: give 0 to 65535 (0 takes a free port)")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"port {port} on {host} is in use: stop what listens there or choose another port (--port)"
+            ) from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 class _ConsoleHandler(logging.StreamHandler[TextIO]):
@@ -192,6 +237,9 @@ def _console_logging() -> None:
     }
     for name, layout in formats.items():
         named = logging.getLogger(name)
+        for handler in list(named.handlers):  # Prefect's console handler on `uvicorn` would print it twice
+            if not isinstance(handler, _ConsoleHandler):
+                named.removeHandler(handler)
         if not any(isinstance(h, _ConsoleHandler) for h in named.handlers):
             handler = _ConsoleHandler()
             handler.setFormatter(logging.Formatter(layout))
@@ -219,11 +267,8 @@ def running_server(
 
     `port=0` takes a free port (the socket is bound here, so there is no race for it).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _bind(host, port)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
         app = create_app(config, prune_interval=prune_interval)
         server = uvicorn.Server(_uvicorn_config(app, timeout_graceful_shutdown=5))
         thread = threading.Thread(

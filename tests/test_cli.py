@@ -114,12 +114,12 @@ def test_endpoint_without_scheme_names_the_fix(
     result_dir: Path, aws_env: dict[str, str], minio: MinioServer, tmp_path: Path
 ) -> None:
     bare = minio.endpoint.removeprefix("http://")
-    done = cli("publish", str(result_dir), "-p", f"s3://b/k,opt=endpoint={bare}", env=aws_env)
+    done = cli("publish", str(result_dir), "-p", f"s3://bkt/k,opt=endpoint={bare}", env=aws_env)
     assert done.returncode == 1
     assert f"S3 endpoint '{bare}' has no scheme: write http://{bare}" in done.stderr
     assert "Traceback" not in done.stderr
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"Type": "s3", "Params": {"Bucket": "b", "Key": "k/", "Endpoint": bare}}))
+    spec.write_text(json.dumps({"Type": "s3", "Params": {"Bucket": "bkt", "Key": "k/", "Endpoint": bare}}))
     got = cli("get", str(spec), "-o", str(tmp_path / "out"), env=aws_env)
     assert got.returncode == 1 and "has no scheme" in got.stderr and not (tmp_path / "out").exists()
 

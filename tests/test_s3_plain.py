@@ -235,7 +235,7 @@ def test_no_credentials_at_all(tmp_path: Path, minio: MinioServer, monkeypatch: 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_text("x")
     spec = PublisherSpec.model_validate(
-        {"Type": "s3", "Params": {"Bucket": "b", "Key": "k/", "Encoding": "plain"}}
+        {"Type": "s3", "Params": {"Bucket": "bkt", "Key": "k/", "Encoding": "plain"}}
     )
     with pytest.raises(S3PublishError, match="no S3 credentials found"):
         publish_to(tmp_path / "out", spec, ExecutionContext.new(), s3=storage)

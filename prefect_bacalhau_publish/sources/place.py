@@ -30,11 +30,29 @@ def check_dest(dest: Path) -> None:
 
 @contextlib.contextmanager
 def beside(dest: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder next to `dest` (its parent is created), removed when the block ends."""
+    """A temporary folder next to `dest` (its parent is created), removed when the block ends.
+
+    Raises FetchError naming `dest` when its folder cannot be created or written (before any byte is fetched).
+    """
     parent = dest.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+    except OSError as exc:
+        raise FetchError(_unwritable(dest, parent, exc)) from None
+    with staging as tmp:
         yield Path(tmp)
+
+
+def _unwritable(dest: Path, parent: Path, exc: OSError) -> str:
+    """Why nothing can be written at `dest`, naming it and the folder at fault rather than a staging name."""
+    for folder in (parent, *parent.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                return f"cannot write {dest}: {folder} is a file, not a folder"
+            break
+    problem = "is not writable" if parent.is_dir() else "cannot be created"
+    return f"cannot write {dest}: its folder {parent} {problem} ({exc.strerror or exc})"
 
 
 def place(staging: Path, dest: Path) -> None:

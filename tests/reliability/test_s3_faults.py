@@ -75,6 +75,6 @@ def test_minio_killed_mid_multipart_publish(tmp_path: Path, caplog: pytest.LogCa
 
 def test_minio_down_before_publish(tmp_path: Path, result_dir: Path) -> None:
     server = MinioServer(tmp_path / "data")  # never started
-    spec = PublisherSpec.model_validate({"Type": "s3", "Params": {"Bucket": "b", "Key": "k"}})
+    spec = PublisherSpec.model_validate({"Type": "s3", "Params": {"Bucket": "bkt", "Key": "k"}})
     with pytest.raises(S3PublishError, match=r"cannot reach the S3 endpoint at http://127\.0\.0\.1:\d+"):
         publish_to(result_dir, spec, ExecutionContext.new(), s3=storage_for(server))
