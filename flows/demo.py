@@ -2,7 +2,8 @@
 
 A throwaway Prefect server (ephemeral, in a temp PREFECT_HOME), a MinIO started from the test-server cache
 (unless DEMO_S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY point at your own S3), the blocks saved,
-the two-job chain run, both published specs written to demo-results/, and a `get` of job B's result.
+the two-job chain run, both published specs written to demo-results/, and a `get` of job B's result; then
+the partitioned flow (4 executions over date-stamped CSVs, one reduce) with its total checked.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +88,8 @@ def main() -> int:
             print("demo: get failed", file=sys.stderr)
             return 1
         print(f"demo: job B's outputs/sum.txt = {(dest / 'outputs' / 'sum.txt').read_text().strip()}")
+        if not partitioned_demo(bucket, storage):
+            return 1
         get_a = f".venv/bin/prefect-bacalhau get {OUT / 'job-a.json'} -o ./job-a"
         if "--keep" not in sys.argv:
             print(
@@ -103,6 +107,25 @@ def main() -> int:
         except KeyboardInterrupt:
             print("\ndemo: stopping")
     return 0
+
+
+def partitioned_demo(bucket: str, storage: object) -> bool:
+    """The partitioned flow: 4 executions over date-stamped CSVs, then the reduce; True when the total is right."""
+    from partitioned import partitioned
+
+    from prefect_bacalhau_publish import get_result
+
+    print("\ndemo: a partitioned job (4 executions, each on its days of sales/) and its reduce...")
+    out = partitioned(bucket=bucket, s3_block="bacalhau-s3", count=4)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "partitioned.json").write_text(json.dumps(out, indent=2) + "\n")
+    dest = OUT / "partitioned-total"
+    if dest.exists():
+        shutil.rmtree(dest)
+    get_result.fn(out["total"], dest, s3=storage)
+    total = int((dest / "outputs" / "total.txt").read_text())
+    print(f"demo: partitioned total = {total} (expected {out['expected']})")
+    return total == out["expected"]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
         UnsafeArchiveError,
     )
     from .jobs import JobResult
+    from .partition import partition_objects
+    from .partitioned import arun_partitioned, run_partitioned
     from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath, SourceSpec
     from .tasks import fetch_inputs, get_result, publish_result, run_job
     from .tasks_async import afetch_inputs, aget_result, apublish_result, arun_job
@@ -58,6 +60,9 @@ _MODULES = {
     "aget_result": "tasks_async",
     "apublish_result": "tasks_async",
     "arun_job": "tasks_async",
+    "partition_objects": "partition",
+    "run_partitioned": "partitioned",
+    "arun_partitioned": "partitioned",
 }
 
 __all__ = [
@@ -84,10 +89,13 @@ __all__ = [
     "aget_result",
     "apublish_result",
     "arun_job",
+    "arun_partitioned",
     "fetch_inputs",
     "get_result",
+    "partition_objects",
     "publish_result",
     "run_job",
+    "run_partitioned",
 ]
 
 

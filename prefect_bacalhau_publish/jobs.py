@@ -21,7 +21,7 @@ from .publishers import publish_to
 from .sources import fetch_source
 from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath
 
-__all__ = ["JobResult", "execute_job", "fetch_all", "job_name"]
+__all__ = ["JobResult", "check_partition", "execute_job", "fetch_all", "job_name"]
 
 DEFAULT_RESULT_PATHS = (ResultPath.model_validate({"Name": "outputs", "Path": "/outputs"}),)
 JobCommand = str | Sequence[str] | Callable[[Path], Any]
@@ -49,11 +49,14 @@ def fetch_all(
     root: Path,
     *,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
     **blocks: Any,
 ) -> dict[str, Path]:
     """Materialise every input under `root` at its Target (leading `/` dropped); returns Target → path.
-    Inputs may also be Bacalhau JSON objects or `-i` strings (`as_inputs`)."""
+    Inputs may also be Bacalhau JSON objects or `-i` strings (`as_inputs`); `partition` `(index, count)`
+    gives an S3 prefix's share to each of a job's executions."""
     inputs = as_inputs(inputs)
+    check_partition(partition)
     out: dict[str, Path] = {}
     targets = [source.relative_target for source in inputs]
     for index, target in enumerate(targets):
@@ -65,9 +68,18 @@ def fetch_all(
     for source in inputs:
         dest = root / source.relative_target
         out[source.target] = fetch_source(
-            source.source, dest, allowed_local_paths=allowed_local_paths, **blocks
+            source.source, dest, allowed_local_paths=allowed_local_paths, partition=partition, **blocks
         )
     return out
+
+
+def check_partition(partition: tuple[int, int]) -> None:
+    """Refuse an `(index, count)` Bacalhau would not run: count ≥ 1, 0 ≤ index < count."""
+    index, count = partition
+    if count < 1:
+        raise SpecError(f"job partitions/count must be greater than 0, got {count}")
+    if not 0 <= index < count:
+        raise SpecError(f"partition index must be between 0 and {count - 1}, got {index}")
 
 
 def job_name(command: JobCommand, name: str | None = None) -> str:
@@ -119,6 +131,7 @@ def execute_job(
     name: str | None = None,
     log: OutputLog | None = None,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> JobResult:
     """Run `command` in a fresh working folder, lay out its results as Bacalhau does, and publish them.
 
@@ -126,18 +139,28 @@ def execute_job(
     `outputs/`); a string command runs in a shell, a list without one, a callable in a child process of its
     own (cloudpickled) that gets the folder. Each runs in that folder with `env` and `timeout`; `log` shows
     their output lines as they come. The command sees `INPUTS`/`OUTPUTS` variables pointing at those folders, and the context's ids.
-    With `restamp`, the context's `published_at` is set to the moment of publishing.
+    With `restamp`, the context's `published_at` is set to the moment of publishing. `partition`
+    `(index, count)` is this execution's place among the job's (`BACALHAU_PARTITION_INDEX`/`_COUNT`).
     """
     names = [path.name for path in result_paths]
     if len(set(names)) != len(names):
         raise PublishError("ResultPaths names must be unique")
     inputs = as_inputs(inputs)  # malformed specs fail here, before anything runs
+    check_partition(partition)
     with tempfile.TemporaryDirectory(prefix="pbp-job-") as tmp:
         workdir = Path(tmp) / "work"
         results = Path(tmp) / "results"
         workdir.mkdir()
         results.mkdir()
-        fetch_all(inputs, workdir, s3=s3, ipfs=ipfs, local=local, allowed_local_paths=allowed_local_paths)
+        fetch_all(
+            inputs,
+            workdir,
+            s3=s3,
+            ipfs=ipfs,
+            local=local,
+            allowed_local_paths=allowed_local_paths,
+            partition=partition,
+        )
         for path in result_paths:
             (workdir / path.path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         job_env = {
@@ -148,6 +171,9 @@ def execute_job(
             "BACALHAU_JOB_ID": context.job_id,
             "BACALHAU_EXECUTION_ID": context.execution_id,
             "BACALHAU_NODE_ID": context.node_id,
+            "BACALHAU_JOB_TYPE": "batch",
+            "BACALHAU_PARTITION_INDEX": str(partition[0]),
+            "BACALHAU_PARTITION_COUNT": str(partition[1]),
         }
         argv = _argv(command, Path(tmp) / "callable.pickle")
         code, tails = run_process(

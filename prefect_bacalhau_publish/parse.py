@@ -161,6 +161,13 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
     tasks = _get(job, "Tasks") if isinstance(job, Mapping) else None
     if not isinstance(tasks, list) or not tasks:
         raise SpecError("job spec has no Tasks")
+    count = _get(job, "Count")
+    if count is None:
+        count = 1  # as Bacalhau: a batch job without Count runs once
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise SpecError(f"job spec Count must be a whole number, got {count!r}")
+    if count < 0:
+        raise SpecError("job count must be >= 0")
     out: dict[str, TaskIO] = {}
     for index, task in enumerate(tasks):
         if not isinstance(task, Mapping):
@@ -174,6 +181,7 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
                 "Publisher": _get(task, "Publisher") or None,
                 "InputSources": _get(task, "InputSources") or [],
                 "ResultPaths": _get(task, "ResultPaths") or [],
+                "Count": count,
             },
             f"Tasks[{index}] ({name})",
         )

@@ -50,7 +50,7 @@ def fetch_result(
 ) -> Path:
     """Download, verify and extract a published result into `dest` (absent or an empty folder): the body of
     the `get_result` task. With `presigned`, an archived S3 result goes through a presigned URL."""
-    if presigned and isinstance(spec.params, S3Params) and spec.archived:
+    if presigned and spec.type == "s3" and isinstance(spec.params, S3Params) and spec.archived:
         from .presign import presign
         from .s3access import s3_access
 

@@ -6,6 +6,7 @@ Keys are read case-insensitively (as Bacalhau's decoders do) and written in Baca
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlparse
@@ -14,14 +15,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from .context import ExecutionContext
 from .errors import SpecError
+from .partition import PartitionConfig
 
 if TYPE_CHECKING:
     from .parse import load_result, parse_input_string, parse_job_spec, parse_publisher_string
@@ -30,6 +35,7 @@ __all__ = [
     "EmptyParams",
     "ExecutionContext",
     "IPFSParams",
+    "InlineParams",
     "InputSource",
     "LocalDirectoryParams",
     "LocalParams",
@@ -162,6 +168,7 @@ class S3Params(BacalhauModel):
     version_id: str | None = Field(default=None, alias="VersionID")
     checksum_sha256: str | None = Field(default=None, alias="ChecksumSHA256")
     extract: bool | None = Field(default=None, alias="Extract")
+    partition: PartitionConfig | None = Field(default=None, alias="Partition")
 
     @field_validator("bucket")
     @classmethod
@@ -182,9 +189,80 @@ class S3Params(BacalhauModel):
 
 
 class S3PreSignedParams(S3Params):
-    """Params of Bacalhau's `s3PreSigned` result: the S3 source spec plus a presigned GET URL."""
+    """Params of Bacalhau's `s3PreSigned` result (`PreSignedResultSpec`, pkg/s3/types.go): a presigned GET URL
+    and the S3 source spec it was made from.
 
+    Written as Bacalhau v1.9 writes it, `{"SourceSpec": {"Bucket": ..., "Key": ..., ...}, "PreSignedURL": ...,
+    "Managed": false}`, and read in that shape or flat (the S3 keys beside `PreSignedURL`, as earlier versions
+    of this package wrote it; one spec may not mix the two). The S3 fields stay attributes (`params.bucket`).
+    `Managed: true` (Bacalhau's managed publisher) carries an empty `SourceSpec`: then Bucket may be empty.
+    """
+
+    bucket: str = Field(default="", alias="Bucket")
     pre_signed_url: str = Field(alias="PreSignedURL")
+    managed: bool = Field(default=False, alias="Managed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unnest(cls, data: Any) -> Any:
+        """Bring the S3 fields of a nested `SourceSpec` up beside `PreSignedURL` (Bacalhau reads only those)."""
+        if not isinstance(data, Mapping):
+            return data
+        nested_key = next((k for k in data if str(k).lower().replace("_", "") == "sourcespec"), None)
+        if nested_key is None:
+            return data
+        nested = data[nested_key]
+        if not isinstance(nested, Mapping):
+            raise ValueError("SourceSpec must be an object with Bucket, Key, ...")
+        outer = _fold_keys(cls, {k: v for k, v in data.items() if k != nested_key})
+        s3_keys = {field.alias or name for name, field in S3Params.model_fields.items()}
+        mixed = sorted(key for key in outer if key in s3_keys)
+        if mixed:
+            raise ValueError(
+                f"{', '.join(mixed)} given beside SourceSpec, where Bacalhau does not read it: "
+                "put the S3 fields only under SourceSpec"
+            )
+        return {**outer, **_fold_keys(S3Params, nested)}
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        """Replaces S3Params' check: a managed spec has no Bucket (`_source_spec` checks the others)."""
+        return value
+
+    @field_validator("pre_signed_url")
+    @classmethod
+    def _pre_signed_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("invalid s3 signed storage params: signed url cannot be empty")
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            shown = value if len(value) <= 80 else value[:80] + "…"
+            raise ValueError(
+                f"invalid s3 signed storage params: PreSignedURL must be an http(s) URL, got {shown!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _source_spec(self) -> S3PreSignedParams:
+        if not self.managed and not self.bucket.strip():
+            raise ValueError("SourceSpec.Bucket: invalid s3 storage params: bucket cannot be empty")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _nest(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """Bacalhau's shape: the S3 fields under `SourceSpec`, then `PreSignedURL` and `Managed`."""
+        flat: dict[str, Any] = handler(self)
+        names = (
+            ("PreSignedURL", "Managed", "SourceSpec")
+            if info.by_alias
+            else ("pre_signed_url", "managed", "source_spec")
+        )
+        out: dict[str, Any] = {names[2]: {k: v for k, v in flat.items() if k not in names[:2]}}
+        for name in names[:2]:
+            if name in flat:
+                out[name] = flat[name]
+        return out
 
 
 class IPFSParams(BacalhauModel):
@@ -211,6 +289,23 @@ class URLParams(BacalhauModel):
     def _url(cls, value: str) -> str:
         if urlparse(value).scheme not in ("http", "https"):
             raise ValueError(f"invalid urlDownload params: URL must be http(s), got {value!r}")
+        return value
+
+
+class InlineParams(BacalhauModel):
+    """Params of Bacalhau's `inline` input source (pkg/storage/inline): the data itself as an RFC 2397 `data:`
+    URL, checked when the spec is read; `application/gzip` data is a tar.gz to extract at Target."""
+
+    url: str = Field(alias="URL")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from .sources.inline import decode_data_url
+
+        if not value.strip():
+            raise ValueError("invalid inline params: url cannot be empty")
+        decode_data_url(value)
         return value
 
 
@@ -265,6 +360,7 @@ _SOURCE_PARAMS: dict[str, type[BacalhauModel]] = {
     **_RESULT_PARAMS,
     "local": LocalParams,
     "localDirectory": LocalParams,
+    "inline": InlineParams,
 }
 
 
@@ -339,6 +435,8 @@ class PublishedResult(_TypedSpec):
     @property
     def archived(self) -> bool:
         """True when the result is one tar.gz (S3 gzip, local); False for an S3 prefix or an IPFS folder."""
+        if isinstance(self.params, S3PreSignedParams) and self.params.managed:
+            return True  # Bacalhau's managed publisher always uploads `<job>/<execution>.tar.gz`
         if isinstance(self.params, S3Params):
             return not self.params.is_prefix
         return isinstance(self.params, URLParams)
@@ -375,6 +473,20 @@ class InputSource(BacalhauModel):
             raise ValueError(f"input source Target must not contain '..': {value!r}")
         return value
 
+    @classmethod
+    def inline(cls, path: str | os.PathLike[str], target: str, *, alias: str | None = None) -> InputSource:
+        """An `inline` input carrying `path` in the spec, as Bacalhau's inline storage `Upload` makes it: a file
+        of at most 512 bytes as base64 data (it lands as one file at Target), a bigger file or a folder as a
+        base64 tar.gz (it lands at Target/<its name>). SpecError when the data URL would exceed 1 MiB, or
+        `path` cannot be read or holds a symlink, a special file or a file over 10 MiB (`sources.inline`)."""
+        from .sources.inline import encode_path
+
+        data = {"Alias": alias, "Source": {"Type": "inline", "Params": {"URL": encode_path(path)}}}
+        try:
+            return cls.model_validate({**data, "Target": target})
+        except ValidationError as exc:
+            raise SpecError(f"invalid inline input for {os.fspath(path)}: {describe(exc)}") from None
+
     @property
     def relative_target(self) -> str:
         """Target with its leading `/` dropped, the path under a job's working folder."""
@@ -396,11 +508,13 @@ class ResultPath(BacalhauModel):
 
 
 class TaskIO(BacalhauModel):
-    """What one task of a Bacalhau job spec publishes and reads."""
+    """What one task of a Bacalhau job spec publishes and reads, and the job's `Count` (its executions: with
+    a partitioned S3 input, `run_partitioned(command, io.count, ...)` runs them as Bacalhau would)."""
 
     publisher: PublisherSpec | None = Field(default=None, alias="Publisher")
     inputs: list[InputSource] = Field(default_factory=list, alias="InputSources")
     result_paths: list[ResultPath] = Field(default_factory=list, alias="ResultPaths")
+    count: int = Field(default=1, alias="Count")
 
 
 # ----------------------------------------------------------------------------- parsers, re-exported

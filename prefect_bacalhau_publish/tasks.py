@@ -200,13 +200,21 @@ def fetch_inputs(
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> dict[str, Path]:
     """Materialise each input under `root` at its Target, verified; returns Target → local path.
 
     `allowed_local_paths` is the allow-list for `local` inputs (else `PBP_ALLOWED_LOCAL_PATHS`; default none).
+    `partition` `(index, count)`: an S3 prefix gives only that execution's share, as in Bacalhau.
     """
     paths = fetch_all(
-        inputs, Path(root), s3=s3, ipfs=ipfs, local=local, allowed_local_paths=allowed_local_paths
+        inputs,
+        Path(root),
+        s3=s3,
+        ipfs=ipfs,
+        local=local,
+        allowed_local_paths=allowed_local_paths,
+        partition=partition,
     )
     _logger().info("fetched %d input(s) into %s", len(paths), root)
     return paths
@@ -261,6 +269,7 @@ def run_job(
     name: str | None = None,
     log_output: bool | int = True,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> JobResult:
     """Run a job (SPEC §2): inputs materialised, `command` run, results laid out as Bacalhau does, published.
 
@@ -268,19 +277,22 @@ def run_job(
     `env` and `timeout` (exit code 124). Output lines go to the run's logger as they come: up to 10 000 per
     job (`log_output=N` for another limit, `False` for none), each cut at 4 KiB; the result's files hold all.
     Results are published also for a non-zero exit code (as Bacalhau does); with `fail_on_nonzero` the task
-    then fails after publishing.
+    then fails after publishing. `partition` `(index, count)` makes this one of a job's `count` executions:
+    an S3 prefix input gives only its share, and the job sees `BACALHAU_PARTITION_INDEX`/`_COUNT`
+    (`run_partitioned` runs all of them).
     """
     publisher = as_publisher(publisher) if publisher is not None else None
     context = ExecutionContext.current(job_id=job_id, node_id=node_id)
     name = job_name(command, name)
     log = _logger()
     log.info(
-        "job %s: %s, execution %s on %s, %d input(s)",
+        "job %s: %s, execution %s on %s, %d input(s)%s",
         name,
         context.job_id,
         context.execution_id,
         context.node_id,
         len(inputs),
+        f", partition {partition[0]} of {partition[1]}" if partition != (0, 1) else "",
     )
     lines = _line_limit(log_output)
     output_log = OutputLog(_output_logger(log), name, max_lines=lines) if lines else None
@@ -298,6 +310,7 @@ def run_job(
         name=name,
         log=output_log,
         allowed_local_paths=allowed_local_paths,
+        partition=partition,
     )
     context = job.context
     log.info("job %s: %s exited with %d", name, context.job_id, job.exit_code)

@@ -47,6 +47,7 @@ async def afetch_inputs(
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> dict[str, Path]:
     """Awaitable `fetch_inputs`."""
     return await asyncio.to_thread(
@@ -57,6 +58,7 @@ async def afetch_inputs(
         ipfs=ipfs,
         local=local,
         allowed_local_paths=allowed_local_paths,
+        partition=partition,
     )
 
 
@@ -98,6 +100,7 @@ async def arun_job(
     name: str | None = None,
     log_output: bool | int = True,
     allowed_local_paths: Sequence[str] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> JobResult:
     """Awaitable `run_job`: the job runs in its own process (a command, or a callable), awaited off the loop."""
     return await asyncio.to_thread(
@@ -117,4 +120,5 @@ async def arun_job(
         name=name,
         log_output=log_output,
         allowed_local_paths=allowed_local_paths,
+        partition=partition,
     )

@@ -107,10 +107,15 @@ def human_bytes(n: int) -> str:
 def location(params: object) -> str:
     """How logs name a result or input: `s3://bucket/key`, `ipfs://CID`, the URL (without credentials or
     query), the local path."""
-    from .specs import IPFSParams, LocalParams, S3Params, URLParams
+    from .specs import InlineParams, IPFSParams, LocalParams, S3Params, S3PreSignedParams, URLParams
 
+    if isinstance(params, S3PreSignedParams) and not params.bucket:  # a managed result: only the URL's host
+        url = urlsplit(params.pre_signed_url)
+        return f"presigned {url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"
     if isinstance(params, S3Params):  # also s3PreSigned: its URL carries a signature, never shown
         return f"s3://{params.bucket}/{params.key}"
+    if isinstance(params, InlineParams):
+        return f"inline data ({len(params.url)} characters)"
     if isinstance(params, IPFSParams):
         return f"ipfs://{params.cid}"
     if isinstance(params, URLParams):

@@ -262,7 +262,7 @@ def test_unreachable_endpoint_clear_error(result_dir: Path, minio: MinioServer) 
         endpoint_url=f"http://127.0.0.1:{free_port()}",
     )
     with pytest.raises(S3PublishError, match="cannot reach the S3 endpoint"):
-        publish_to(result_dir, s3_spec("b", "k"), CTX, s3=storage)
+        publish_to(result_dir, s3_spec("bkt", "k"), CTX, s3=storage)
 
 
 def test_missing_object_clear_error(s3_storage: S3Storage, bucket: str, tmp_path: Path) -> None:

@@ -151,9 +151,10 @@ def test_source_types_and_errors() -> None:
         "Params": {"SourcePath": "/data", "ReadWrite": True},
     }
     with pytest.raises(
-        ValidationError, match="supported types: s3, s3PreSigned, ipfs, urlDownload, local, localDirectory"
+        ValidationError,
+        match="supported types: s3, s3PreSigned, ipfs, urlDownload, local, localDirectory, inline",
     ):
-        SourceSpec.model_validate({"Type": "inline"})
+        SourceSpec.model_validate({"Type": "wasm"})
     with pytest.raises(ValidationError, match="URL must be http"):
         SourceSpec.model_validate({"Type": "urlDownload", "Params": {"URL": "file:///etc/passwd"}})
     with pytest.raises(ValidationError, match=re.escape("must not contain '..'")):

@@ -39,7 +39,9 @@ def test_unsupported_type_error_lists_exactly_the_accepted_types(model: Any, typ
 def test_source_type_resolves_to_a_fetcher(type_: str) -> None:
     fetch = get_source(type_)
     assert callable(fetch)
-    assert list(inspect.signature(fetch).parameters) == ["source", "dest", "target"]
+    parameters = list(inspect.signature(fetch).parameters.values())
+    assert [p.name for p in parameters[:3]] == ["source", "dest", "target"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters[3:])  # e.g. s3's partition
     # and fetch_source knows which block (or allow-list) to hand it
     assert sources._TARGETS[type_] in inspect.signature(fetch_source).parameters
 

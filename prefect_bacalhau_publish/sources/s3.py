@@ -23,7 +23,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
-from ..errors import ChecksumMismatchError, FetchError, UnsafeArchiveError
+from ..errors import ChecksumMismatchError, FetchError, SpecError, UnsafeArchiveError
 from ..manifest import Manifest, manifest_key
 from ..progress import advance, expect, submit
 from ..publishers.s3_plain import obstore_can_carry
@@ -57,8 +57,11 @@ class _Object:
     mode: int | None = None  # from the result's manifest
 
 
-def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
-    """Materialise an S3 input at `dest`: one object as a file inside it, a prefix as a tree, or extracted."""
+def fetch(
+    source: SourceSpec, dest: Path, target: S3Target | None, *, partition: tuple[int, int] = (0, 1)
+) -> Path:
+    """Materialise an S3 input at `dest`: one object as a file inside it, a prefix as a tree, or extracted.
+    `partition` `(index, count)` keeps the execution's share of the objects, as Bacalhau assigns them."""
     params = source.params
     if not isinstance(params, S3Params):
         raise FetchError(f"invalid storage source type. expected s3, but received: {source.type}")
@@ -73,7 +76,8 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
             staging = tmp / "content"
             staging.mkdir()
             manifested = _has_manifest(params)
-            objects = _from_manifest(client, params) if manifested else _explode_key(client, params)
+            listed = _from_manifest(client, params) if manifested else _explode_key(client, params)
+            objects = _share(listed, params, partition)
             expect(sum(obj.size for obj in objects))
             if params.extract and not params.is_prefix:
                 if len(objects) != 1 or objects[0].is_dir:
@@ -102,7 +106,7 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
                             download_verified(client, params.bucket, obj, out, obj.sha256)
                     restore_mode(path, obj.mode)
             else:
-                if params.is_prefix and not objects:
+                if params.is_prefix and not listed:
                     logger.warning(
                         "s3://%s/%s holds no objects: the input is an empty folder (check Bucket and Key)",
                         params.bucket,
@@ -121,6 +125,21 @@ def fetch(source: SourceSpec, dest: Path, target: S3Target | None) -> Path:
         ) from None
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
+
+
+def _share(objects: list[_Object], params: S3Params, partition: tuple[int, int]) -> list[_Object]:
+    """The objects execution `index` of `count` fetches (`partition.partition_objects`); with one execution
+    all of them, folder markers included (they become empty folders)."""
+    index, count = partition
+    if count == 1 and index == 0:
+        return objects
+    from ..partition import partition_objects
+
+    try:
+        keep = set(partition_objects([o.key for o in objects], params, count, index))
+    except ValueError as exc:
+        raise SpecError(f"s3://{params.bucket}/{params.key}: {exc}") from None
+    return [o for o in objects if o.key in keep]
 
 
 def _bucket_missing(client: S3Client, bucket: str) -> bool:

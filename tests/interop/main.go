@@ -6,6 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
 
 	"github.com/bacalhau-project/bacalhau/cmd/util/opts"
 	"github.com/bacalhau-project/bacalhau/pkg/lib/gzip"
@@ -100,7 +104,150 @@ func main() {
 			fail(err)
 		}
 		emit("ok")
+	case "decode-presigned": // JSON SpecConfig -> s3PreSigned spec as decoded, and Bacalhau's ToMap of it
+		decoded, err := s3helper.DecodePreSignedResultSpec(spec(args[0]))
+		if err != nil {
+			fail(err)
+		}
+		emit(map[string]any{"Decoded": decoded, "ToMap": decoded.ToMap()})
+	case "partition": // - ; stdin: JSON [{Keys, Params, Count, Index}] -> s3.PartitionObjects of each
+		partitionCases()
+	case "regexp": // - ; stdin: JSON [{Pattern, Inputs}] -> regexp.Compile error, or FindStringSubmatch of each
+		regexpCases()
+	case "date": // - ; stdin: JSON [{Layout, Keys}] -> DateFormat validation, and partitionByDate's key of each
+		dateCases()
+	case "fold-orbits": // - ; unicode.SimpleFold's orbits of more than one rune
+		foldOrbits()
 	default:
 		fail(fmt.Errorf("unknown command %q", os.Args[1]))
 	}
+}
+
+// readCases decodes stdin's JSON into cases (the batch commands read many cases in one call).
+func readCases(cases any) {
+	if err := json.NewDecoder(os.Stdin).Decode(cases); err != nil {
+		fail(err)
+	}
+}
+
+// partitionCases runs Bacalhau's own s3.PartitionObjects on each case, as pkg/storage/s3 calls it: the
+// Params decoded by DecodeSourceSpec (its error kept), keys ending in "/" marked IsDir as explodeKey marks them.
+func partitionCases() {
+	var cases []struct {
+		Keys   []string
+		Params map[string]any
+		Count  int
+		Index  int
+	}
+	readCases(&cases)
+	out := make([]map[string]any, 0, len(cases))
+	for _, c := range cases {
+		source, decodeErr := s3helper.DecodeSourceSpec(&models.SpecConfig{Type: models.StorageSourceS3, Params: c.Params})
+		row := map[string]any{"ToMap": source.ToMap()}
+		if decodeErr != nil {
+			row["DecodeError"] = decodeErr.Error()
+		}
+		objects := make([]s3helper.ObjectSummary, 0, len(c.Keys))
+		for _, key := range c.Keys {
+			objects = append(objects, s3helper.ObjectSummary{Key: &key, IsDir: strings.HasSuffix(key, "/")})
+		}
+		picked, err := s3helper.PartitionObjects(objects, c.Count, c.Index, source)
+		if err != nil {
+			row["Error"] = err.Error()
+		} else {
+			keys := make([]string, 0, len(picked))
+			for _, object := range picked {
+				keys = append(keys, *object.Key)
+			}
+			row["Keys"] = keys
+		}
+		out = append(out, row)
+	}
+	emit(out)
+}
+
+// regexpCases compiles each Pattern as Bacalhau does (regexp.Compile) and reports FindStringSubmatch on each
+// input: null for no match, else the groups with null for one that did not take part.
+func regexpCases() {
+	var cases []struct {
+		Pattern string
+		Inputs  []string
+	}
+	readCases(&cases)
+	out := make([]map[string]any, 0, len(cases))
+	for _, c := range cases {
+		re, err := regexp.Compile(c.Pattern)
+		if err != nil {
+			out = append(out, map[string]any{"Error": err.Error()})
+			continue
+		}
+		matches := make([][]*string, 0, len(c.Inputs))
+		for _, input := range c.Inputs {
+			index := re.FindStringSubmatchIndex(input)
+			if index == nil {
+				matches = append(matches, nil)
+				continue
+			}
+			groups := make([]*string, len(index)/2)
+			for i := range groups {
+				if index[2*i] >= 0 {
+					group := input[index[2*i]:index[2*i+1]]
+					groups[i] = &group
+				}
+			}
+			matches = append(matches, groups)
+		}
+		out = append(out, map[string]any{"Matches": matches})
+	}
+	emit(out)
+}
+
+// dateCases validates each Layout as a date PartitionConfig and, for each key, does what partitionByDate does:
+// time.Parse the key's first len(Layout) bytes and Format the time back (null where Parse fails).
+func dateCases() {
+	var cases []struct {
+		Layout string
+		Keys   []string
+	}
+	readCases(&cases)
+	out := make([]map[string]any, 0, len(cases))
+	for _, c := range cases {
+		config := s3helper.PartitionConfig{Type: s3helper.PartitionKeyTypeDate, DateFormat: c.Layout}
+		row := map[string]any{}
+		if err := config.Validate(); err != nil {
+			row["Error"] = err.Error()
+		}
+		formatted := make([]*string, 0, len(c.Keys))
+		for _, key := range c.Keys {
+			t, err := time.Parse(c.Layout, key[:min(len(key), len(c.Layout))])
+			if err != nil {
+				formatted = append(formatted, nil)
+				continue
+			}
+			text := t.Format(c.Layout)
+			formatted = append(formatted, &text)
+		}
+		row["Formatted"] = formatted
+		out = append(out, row)
+	}
+	emit(out)
+}
+
+// foldOrbits lists unicode.SimpleFold's orbits (runes equal under simple case folding) of two or more runes.
+func foldOrbits() {
+	seen := map[rune]bool{}
+	var orbits [][]rune
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if seen[r] || unicode.SimpleFold(r) == r {
+			continue
+		}
+		orbit := []rune{r}
+		seen[r] = true
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			orbit = append(orbit, f)
+			seen[f] = true
+		}
+		orbits = append(orbits, orbit)
+	}
+	emit(orbits)
 }
