@@ -264,3 +264,17 @@ def test_a_get_with_s3_getobject_alone_still_succeeds(world: World) -> None:
     reader = world.minio.limited_user(f"ro{uuid.uuid4().hex[:6]}", ["s3:GetObject"], world.bucket)
     out = fetch_result(world.gzip, world.tmp / "ok", s3=reader)
     assert json.dumps(sorted(p.name for p in out.iterdir())) == json.dumps(["outputs", "stdout"])
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "plain"])
+def test_a_failed_publish_to_a_missing_bucket_says_so_and_nothing_else(
+    world: World, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No clean-up or abort warning first (nothing was started): one error naming the missing bucket."""
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": "no-such-bucket-y", "Key": "k", "Encoding": encoding}}
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(BacalhauPublishError) as caught:
+        publish_to(world.folder, spec, ExecutionContext.new(), s3=world.storage)
+    assert "bucket 'no-such-bucket-y' does not exist" in str(caught.value)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

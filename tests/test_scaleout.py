@@ -134,3 +134,18 @@ def test_fanout_rejects_a_bad_part_count(s3_block: str, bucket: str) -> None:
     assert state.is_failed()
     with pytest.raises(ValueError, match="parts must be between 1 and 64"):
         state.result()
+
+
+def test_partitioned_flow_on_a_dask_cluster(s3_block: str, bucket: str, tmp_path: Path) -> None:
+    """run_partitioned submits on the flow's task runner: here Dask's worker processes."""
+    from partitioned import partitioned
+
+    state = partitioned.with_options(task_runner=dask_runner())(
+        bucket=bucket, s3_block=s3_block, count=4, return_state=True
+    )
+    assert state.is_completed(), state
+    out = state.result()
+    total = get_result.fn(out["total"], tmp_path / "total", s3=load(S3Storage, s3_block))
+    assert int((total / "outputs" / "total.txt").read_text()) == out["expected"]
+    runs = task_runs(state.state_details.flow_run_id)
+    assert len(runs) == 5 and all(run.state.is_completed() for run in runs)  # 4 partitions + the reduce
