@@ -12,6 +12,8 @@ bench_cli.py times the CLI as users run it, whole processes started fresh (S1/S2
 a quick look at small size: `make bench BENCH_ARGS="--only bench_cli --size-mib 32"`.
 bench_many.py times plain results of many small files both ways against rclone and `aws s3 cp` (W2, W9;
 apt-get install rclone; its rows say "skipped" without it).
+bench_partition.py lists a 100 000-key prefix and keeps one execution's share (W10, issue 21), against
+listing alone with boto3's paginator.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_logs.py", "--runs", "3"],
             ["bench_many.py", "--counts", n, "--runs", "1"],
             ["profile_w2.py", "--files", n, "--loop", n],
+            ["bench_partition.py", "--keys", n, "--runs", "3"],
         ]
     if full:
         return [
@@ -71,6 +74,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_logs.py", "--runs", "5"],
             ["bench_many.py", "--counts", "1000,10000,50000", "--runs", "3"],
             ["profile_w2.py", "--files", "10000"],
+            ["bench_partition.py", "--keys", "100000", "--runs", "5"],
         ]  # fmt: skip
     return [
         ["bench_archive.py", "--size-mib", "256", "--runs", "3"],
@@ -83,6 +87,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["bench_logs.py", "--runs", "5"],
         ["bench_many.py", "--counts", "2000", "--runs", "3"],
         ["profile_w2.py", "--files", "2000"],
+        ["bench_partition.py", "--keys", "100000", "--runs", "5"],
     ]
 
 
