@@ -147,6 +147,20 @@ CASES: dict[str, Case] = {
         FetchError,
         r"bucket 'no-such-bucket-x' does not exist",
     ),
+    "input-filter-go-refuses": (
+        lambda w: fetch_all(
+            [
+                {
+                    "Source": {"Type": "s3", "Params": {"Bucket": w.bucket, "Key": "r/", "Filter": "(a"}},
+                    "Target": "/x",
+                }
+            ],
+            w.tmp / "job",
+            s3=w.storage,
+        ),
+        SpecError,
+        r"invalid Filter '\(a': error parsing regexp: missing closing \): `\(a`",
+    ),
     "get-missing-key": (
         lambda w: get(w, with_params(w.gzip, Key="r/nothing.tar.gz", ChecksumSHA256=None, VersionID=None)),
         FetchError,

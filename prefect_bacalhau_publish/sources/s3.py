@@ -257,7 +257,7 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
                 _Object(params.key, head.get("ETag"), params.version_id, size=head.get("ContentLength", 0))
             ]
     prefix = params.key.rstrip("*")
-    pattern = re.compile(params.filter) if params.filter else None
+    pattern = _filter(params)
     found: list[_Object] = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=params.bucket, Prefix=prefix):
@@ -275,6 +275,21 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
             "grant it, or publish with Encoding gzip, whose one object needs only s3:GetObject"
         ) from None
     return found
+
+
+def _filter(params: S3Params) -> Any:
+    """The source's `Filter`, compiled as Bacalhau compiles it (a Go regexp, `goregexp`); None without one.
+    A pattern Go refuses is a `SpecError` with Go's text, before anything is fetched."""
+    if not params.filter:
+        return None
+    from ..goregexp import GoRegexpError, compile_go_regexp
+
+    try:
+        return compile_go_regexp(params.filter)
+    except GoRegexpError as exc:
+        raise SpecError(
+            f"s3://{params.bucket}/{params.key}: invalid Filter {params.filter!r}: {exc}"
+        ) from None
 
 
 def _has_manifest(params: S3Params) -> bool:
@@ -304,7 +319,7 @@ def _from_manifest(client: S3Client, params: S3Params) -> list[_Object]:
             f"{params.checksum_sha256}; the result was altered after publishing"
         )
     manifest = Manifest.from_bytes(data, where)
-    pattern = re.compile(params.filter) if params.filter else None
+    pattern = _filter(params)
     files = [
         _Object(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
         for e in manifest.entries
