@@ -91,19 +91,9 @@ class PartitionConfig(BaseModel):
             raise ValueError(
                 f"'Partition' expected a map, got unconvertible type '{_go_type(data)}', value: '{data}'"
             )
-        wanted: dict[str, str] = {}
-        for name, field in cls.model_fields.items():
-            alias = field.alias or name
-            wanted[alias.lower()] = alias
-            wanted[name.lower()] = alias
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            canonical = wanted.get(str(key).lower(), str(key))
-            if canonical in out:
-                raise ValueError(f"{canonical} is given twice (keys differ only in case)")
-            if value is not None:  # null decodes to the zero value
-                out[canonical] = value
-        return out
+        from .specs import _fold_keys  # specs imports this module: resolved once both are loaded
+
+        return _fold_keys(cls, {key: value for key, value in data.items() if value is not None})  # null: zero
 
     @field_validator("type", "pattern", "date_format", mode="before")
     @classmethod

@@ -19,9 +19,21 @@ from .jobs import JobCommand, JobResult, job_name
 __all__ = ["arun_partitioned", "run_partitioned"]
 
 
-def _check(count: int) -> None:
+def _executions(
+    command: JobCommand, count: int, job_id: str | None, name: str | None, **options: Any
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """The job's name and ID, and the keyword arguments of each of its `count` `run_job` calls."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise SpecError(f"job partitions/count must be greater than 0, got {count!r}")
+    job_id = job_id or f"j-{uuid.uuid4()}"
+    name = job_name(command, name)
+    calls = [
+        dict(
+            job_id=job_id, name=f"{name}-{index}", partition=(index, count), **options
+        )  # a repeat: TypeError
+        for index in range(count)
+    ]
+    return name, job_id, calls
 
 
 def run_partitioned(
@@ -38,21 +50,10 @@ def run_partitioned(
     flow's task runner; returns their `JobResult`s in index order. `options` are `run_job`'s."""
     from .tasks import run_job
 
-    _check(count)
-    job_id = job_id or f"j-{uuid.uuid4()}"
-    name = job_name(command, name)
-    futures = [
-        run_job.submit(
-            command,
-            publisher=publisher,
-            inputs=inputs,
-            job_id=job_id,
-            name=f"{name}-{index}",
-            partition=(index, count),
-            **options,
-        )
-        for index in range(count)
-    ]
+    name, job_id, calls = _executions(
+        command, count, job_id, name, publisher=publisher, inputs=inputs, **options
+    )
+    futures = [run_job.submit(command, **call) for call in calls]
     results = [future.result() for future in futures]
     _record(name, job_id, results)
     return results
@@ -71,23 +72,10 @@ async def arun_partitioned(
     """Awaitable `run_partitioned`: the `count` `arun_job` calls are gathered, so they overlap."""
     from .tasks_async import arun_job
 
-    _check(count)
-    job_id = job_id or f"j-{uuid.uuid4()}"
-    name = job_name(command, name)
-    results = await asyncio.gather(
-        *(
-            arun_job(
-                command,
-                publisher=publisher,
-                inputs=inputs,
-                job_id=job_id,
-                name=f"{name}-{index}",
-                partition=(index, count),
-                **options,
-            )
-            for index in range(count)
-        )
+    name, job_id, calls = _executions(
+        command, count, job_id, name, publisher=publisher, inputs=inputs, **options
     )
+    results = await asyncio.gather(*(arun_job(command, **call) for call in calls))
     await asyncio.to_thread(_record, name, job_id, list(results))
     return list(results)
 
