@@ -1,11 +1,17 @@
-"""W3 of issue 9: our IPFS publish (CID verified locally) against `ipfs add -r` with the same flags.
+"""IPFS both ways against Kubo's own CLI, on one Kubo daemon on loopback, in the same run (issue 20).
 
-Builds (or reuses) bench/common.py's mixed folder, starts its own Kubo daemon on loopback and times, for
-each run, our `publish_folder` and the Kubo CLI on the same folder; before every measurement the node is
-emptied (unpin + `repo gc`) so both start from the same state. Every run must give the same CID. Prints
-the per-run times and a Markdown table (medians, median of the pairwise ratios).
+W3  publish (CID computed and checked locally) vs `ipfs add -r` with the same flags; the node is emptied
+    (unpin + `repo gc`) before every run, so both start from the same state; every run must give one CID
+W8  get by CID into a folder (every block hash-checked, the DAG complete before it is placed) vs
+    `ipfs get -o DIR CID`; each run writes a fresh folder, checked against the source and deleted (untimed)
 
-    .venv/bin/python bench/bench_ipfs.py --size-mib 1024 --runs 5
+Each at every --sizes (MiB) of bench/common.py's mixed folder, twice: in-process (`publish_folder`,
+`fetch_cid`) and as whole processes started fresh (`prefect-bacalhau publish DIR -p ipfs --ipfs-api …`,
+`prefect-bacalhau get spec.json -o DIR --ipfs-api …`, its stderr on a pseudo-terminal so the progress bar is
+drawn). The baseline is always the `ipfs` command. Also the peak RSS of the CLI's get at each size (flat in
+the result's size is the goal). Prints Markdown tables.
+
+    .venv/bin/python bench/bench_ipfs.py --sizes 256,1024 --runs 5
 """
 
 from __future__ import annotations
@@ -13,24 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import build_mixed_folder, print_table, ratio_row  # noqa: E402
+from bench_cli import Runner  # noqa: E402
+from common import WORK, build_mixed_folder, checker, paired, peak_rss_kib, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.blocks import IPFSNode  # noqa: E402
 from prefect_bacalhau_publish.kubo.unixfs import PROFILES, ImportParams  # noqa: E402
 from prefect_bacalhau_publish.publishers.ipfs import publish_folder  # noqa: E402
+from prefect_bacalhau_publish.sources.ipfs import fetch_cid  # noqa: E402
 from prefect_bacalhau_publish.testing import KuboServer, binary, running_kubo  # noqa: E402
 
 MiB = 1024 * 1024
+CLI = str(Path(sys.executable).with_name("prefect-bacalhau"))
 
 
 def ipfs(kubo: KuboServer, *args: str) -> str:
@@ -47,66 +56,100 @@ def empty_node(kubo: KuboServer) -> None:
     ipfs(kubo, "repo", "gc", "--quiet")
 
 
-def cli_add(kubo: KuboServer, folder: Path, params: ImportParams) -> str:
-    return ipfs(
-        kubo, "add", "-r", "-H", "-Q", f"--cid-version={params.cid_version}",
-        f"--raw-leaves={str(params.raw_leaves).lower()}", f"--chunker={params.chunker}",
-        f"--max-file-links={params.max_file_links}", str(folder),
-    )  # fmt: skip
+def add_flags(params: ImportParams) -> list[str]:
+    return [
+        f"--cid-version={params.cid_version}", f"--raw-leaves={str(params.raw_leaves).lower()}",
+        f"--chunker={params.chunker}", f"--max-file-links={params.max_file_links}",
+    ]  # fmt: skip
+
+
+def environment(kubo: KuboServer) -> dict[str, str]:
+    """The user's shell: the ipfs command finds its daemon through IPFS_PATH; bytecode caches allowed."""
+    env = {**os.environ, "IPFS_PATH": str(kubo.repo_dir), "NO_PROXY": "127.0.0.1,localhost"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def w3(kubo: KuboServer, node: IPFSNode, run: Runner, folder: Path, runs: int, size: int) -> list[str]:
+    params = PROFILES[node.cid_profile]
+    cids: set[str] = set()
+
+    def ours() -> None:
+        cids.add(publish_folder(folder, node))
+
+    def cli_ours() -> None:
+        cids.add(
+            json.loads(run(CLI, "publish", str(folder), "-p", "ipfs", "--ipfs-api", kubo.api_url))["Params"][
+                "CID"
+            ]
+        )
+
+    def theirs() -> None:
+        cids.add(run(str(binary("ipfs")), "add", "-r", "-H", "-Q", *add_flags(params), str(folder)).strip())
+
+    rows = []
+    for name, mine in (("in-process", ours), ("CLI", cli_ours)):
+        a, b = paired(runs, mine, theirs, cleanup=lambda: empty_node(kubo))
+        rows.append(ratio_row(f"W3 IPFS publish {size} MiB, {name}, vs ipfs add -r", a, b, target=1.0))
+    if len(cids) != 1:
+        raise SystemExit(f"CIDs differ between runs or tools: {cids}")
+    return rows
+
+
+def w8(
+    kubo: KuboServer, node: IPFSNode, run: Runner, folder: Path, runs: int, size: int, work: Path
+) -> list[str]:
+    empty_node(kubo)
+    cid = publish_folder(folder, node)
+    spec = work / "ipfs-result.json"
+    spec.write_text(json.dumps({"Type": "ipfs", "Params": {"CID": cid}}))
+    dest = work / "w8-got"
+    check = checker(folder, dest)
+
+    def fetch(into: Path) -> Callable[[], None]:
+        return lambda: fetch_cid(cid, into, node)
+
+    cli_ours = run.job(CLI, "get", str(spec), "-o", str(dest), "--ipfs-api", kubo.api_url)
+    theirs = run.job(str(binary("ipfs")), "get", "-o", str(dest), cid)
+    rows = []
+    for name, mine in (("in-process", fetch(dest)), ("CLI", cli_ours)):
+        a, b = paired(runs, mine, theirs, cleanup=check)
+        rows.append(ratio_row(f"W8 IPFS get {size} MiB, {name}, vs ipfs get", a, b, target=1.2))
+    rss = peak_rss_kib([CLI, "get", str(spec), "-o", str(dest), "--ipfs-api", kubo.api_url])
+    check()
+    print(f"peak RSS of `prefect-bacalhau get` at {size} MiB: {rss / 1024:.0f} MiB")
+    rows.append(
+        f"| R8 peak RSS of the CLI's IPFS get, {size} MiB | {rss / 1024:.0f} MiB | | (flat in size) |"
+    )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--sizes", default="256", help="comma-separated folder sizes in MiB")
+    parser.add_argument("--size-mib", type=int, help="one size (same as --sizes N)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="unixfs-v1-2025")
-    parser.add_argument("--dir", type=Path, default=REPO / "bench" / "work")
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--only", choices=["W3", "W8"], help="one workload")
+    parser.add_argument("--dir", type=Path, default=WORK)
     args = parser.parse_args()
-    if args.runs < 3:
-        parser.error("use at least 3 runs")
-    params = PROFILES[args.profile]
+    sizes = [args.size_mib] if args.size_mib else [int(s) for s in args.sizes.split(",")]
     args.dir.mkdir(parents=True, exist_ok=True)
-    folder = build_mixed_folder(args.dir, args.size_mib)
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    size = sum(p.stat().st_size for p in files)
-    print(f"folder: {size / MiB:.1f} MiB in {len(files)} files; profile {args.profile}")
-    ours: list[float] = []
-    theirs: list[float] = []
-    cids: set[str] = set()
-    with running_kubo(args.dir) as kubo:
-        node = IPFSNode(api_address=kubo.api_url, cid_profile=args.profile, pin=True)
-        for run in range(args.runs):
-            for name, times in (("ours", ours), ("ipfs add", theirs)):
-                empty_node(kubo)
-                start = time.perf_counter()
-                cid = publish_folder(folder, node) if name == "ours" else cli_add(kubo, folder, params)
-                times.append(time.perf_counter() - start)
-                cids.add(cid)
-                print(
-                    f"run {run + 1} {name:8s} {times[-1]:7.2f}s  {size / MiB / times[-1]:7.1f} MiB/s  {cid}"
-                )
-    if len(cids) != 1:
-        raise SystemExit(f"CIDs differ between runs or tools: {cids}")
-    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    result = {
-        "size_mib": round(size / MiB, 1),
-        "profile": args.profile,
-        "runs": args.runs,
-        "ours_median_s": round(ours_median, 3),
-        "ipfs_add_median_s": round(theirs_median, 3),
-        "ratio_ours_over_ipfs_add": round(ours_median / theirs_median, 3),
-        "ratio_median_of_pairs": round(
-            statistics.median(a / b for a, b in zip(ours, theirs, strict=True)), 3
-        ),
-        "cid": cids.pop(),
-    }
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-    row = ratio_row("W3 IPFS publish (CID verified) vs ipfs add -r", ours, theirs, target=1.1)
-    print_table(f"IPFS publish, {args.size_mib} MiB, profile {args.profile}", [row])
+    rows: list[str] = []
+    for size in sizes:
+        folder = build_mixed_folder(args.dir, size)
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        print(f"folder: {sum(p.stat().st_size for p in files) / MiB:.1f} MiB in {len(files)} files")
+        with running_kubo(args.dir) as kubo, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            node = IPFSNode(api_address=kubo.api_url, pin=True)
+            run = Runner(environment(kubo))
+            run(CLI, "--help")  # writes the bytecode caches once, as an installed package has them
+            if args.only != "W8":
+                rows += w3(kubo, node, run, folder, args.runs, size)
+            if args.only != "W3":
+                rows += w8(kubo, node, run, folder, args.runs, size, Path(tmp))
+    print_table("IPFS publish and get vs Kubo's CLI", rows)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ bench_cli.py times the CLI as users run it, whole processes started fresh (S1/S2
 a quick look at small size: `make bench BENCH_ARGS="--only bench_cli --size-mib 32"`.
 bench_many.py times plain results of many small files both ways against rclone and `aws s3 cp` (W2, W9;
 apt-get install rclone; its rows say "skipped" without it).
+bench_ipfs.py publishes to and gets from Kubo against `ipfs add -r` / `ipfs get` (W3, W8; in-process and as
+whole commands, issue 20).
 bench_partition.py lists a 100 000-key prefix and keeps one execution's share (W10, issue 21), against
 listing alone with boto3's paginator.
 """
@@ -69,7 +71,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_local.py", "--size-mib", "1024", "--runs", "5"],
             ["bench_get.py", "--size-mib", "1024", "--runs", "5"],
             ["bench_server.py", "--clients", "200", "--size-mib", "10", "--rounds", "2"],
-            ["bench_ipfs.py", "--size-mib", "1024", "--runs", "5"],
+            ["bench_ipfs.py", "--sizes", "256,1024", "--runs", "5"],
             ["bench_cli.py", "--size-mib", "1024", "--runs", "3"],
             ["bench_logs.py", "--runs", "5"],
             ["bench_many.py", "--counts", "1000,10000,50000", "--runs", "3"],

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         UnsafeArchiveError,
     )
     from .jobs import JobResult
+    from .kubo.node import KuboNode
     from .partition import partition_objects
     from .partitioned import arun_partitioned, run_partitioned
     from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath, SourceSpec
@@ -46,6 +47,7 @@ _MODULES = {
     "SpecError": "errors",
     "UnsafeArchiveError": "errors",
     "JobResult": "jobs",
+    "KuboNode": "kubo.node",
     "ExecutionContext": "specs",
     "InputSource": "specs",
     "PublishedResult": "specs",
@@ -74,6 +76,7 @@ __all__ = [
     "IPFSPublishError",
     "InputSource",
     "JobResult",
+    "KuboNode",
     "LocalPublishError",
     "LocalResultServer",
     "PublishError",

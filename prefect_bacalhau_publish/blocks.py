@@ -13,6 +13,7 @@ from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
+from .kubo.node import multiaddr_to_url
 from .naming import DEFAULT_PORT, default_storage_dir
 from .s3access import MAX_CONCURRENCY, MULTIPART_CHUNKSIZE, MULTIPART_THRESHOLD, PRESIGN_EXPIRY, MiB, S3Access
 
@@ -198,18 +199,6 @@ class IPFSNode(Block):
             ) from exc
         headers = {"Authorization": self.auth.get_secret_value()} if self.auth is not None else {}
         return ipfshttpclient.Client(_to_multiaddr(self.api_address), headers=headers, timeout=self.timeout)
-
-
-def multiaddr_to_url(address: str) -> str:
-    """`/ip4/127.0.0.1/tcp/5001` (or `/dns/host/tcp/N/https`) → `http://127.0.0.1:5001`; URLs pass through."""
-    if address.startswith(("http://", "https://")):
-        return address.rstrip("/")
-    parts = [p for p in address.split("/") if p]
-    if len(parts) < 4 or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp":
-        raise ValueError(f"not an API multiaddr or URL: {address!r}")
-    host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]
-    scheme = "https" if "https" in parts[4:] or "tls" in parts[4:] else "http"
-    return f"{scheme}://{host}:{parts[3]}"
 
 
 def _to_multiaddr(address: str) -> str:

@@ -39,17 +39,39 @@ _MERGE_APPEND = ("stdout", "stderr", "exitCode")
 _SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def _blocks(s3_block: str | None, ipfs_block: str | None, local_block: str | None) -> dict[str, Any]:
+def _blocks(
+    s3_block: str | None,
+    ipfs_block: str | None,
+    local_block: str | None,
+    ipfs_api: str | None = None,
+    *,
+    ipfs: bool = True,
+) -> dict[str, Any]:
+    """The blocks named on the command line; an IPFS node (only when `ipfs` is used) from --ipfs-block, else
+    --ipfs-api, else the running daemon's `$IPFS_PATH/api` file (as `ipfs` finds it), else the default."""
     blocks: dict[str, Any] = {"s3": _s3_block(s3_block) if s3_block else None, "ipfs": None, "local": None}
     if ipfs_block:
         from .blocks import IPFSNode
 
         blocks["ipfs"] = IPFSNode.load(ipfs_block)
+    elif ipfs and (address := ipfs_api or _daemon_api()):
+        from .kubo.node import KuboNode
+
+        blocks["ipfs"] = KuboNode(api_address=address)
     if local_block:
         from .blocks import LocalResultServer
 
         blocks["local"] = LocalResultServer.load(local_block)
     return blocks
+
+
+def _daemon_api() -> str | None:
+    """The RPC address a running Kubo daemon wrote to `$IPFS_PATH/api` (default ~/.ipfs/api), if any."""
+    repo = Path(os.environ.get("IPFS_PATH") or Path.home() / ".ipfs")
+    try:
+        return (repo / "api").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _s3_block(name: str) -> Any:
@@ -167,6 +189,7 @@ def get(
     presigned: bool = False,
     s3_block: str | None = None,
     ipfs_block: str | None = None,
+    ipfs_api: str | None = None,
     local_block: str | None = None,
 ) -> None:
     """Download, verify and extract published results.
@@ -187,6 +210,8 @@ def get(
         Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket, aws-credentials or minio-credentials block (default: AWS default credential chain).
     ipfs_block
         Name of a saved IPFSNode block.
+    ipfs_api
+        RPC API of the Kubo node, without a block (default: the running daemon's $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001).
     local_block
         Name of a saved LocalResultServer block.
     """
@@ -203,7 +228,8 @@ def get(
             raise FetchError(f"{dest} is not empty: choose another --output or pass --force to replace it")
     with beside(dest, f".{dest.name}.get-") as tmp:  # refuses a destination whose folder is not writable
         results = resolve_sources(source)
-        blocks = _blocks(s3_block, ipfs_block, local_block)
+        uses_ipfs = any(result.type == "ipfs" for result in results)
+        blocks = _blocks(s3_block, ipfs_block, local_block, ipfs_api, ipfs=uses_ipfs)
         parts: list[Path] = []
         with _progress() as bar:
             for index, result in enumerate(results):
@@ -234,6 +260,7 @@ def publish(
     target: Annotated[str, Parameter(name=["--target", "-p"])],
     s3_block: str | None = None,
     ipfs_block: str | None = None,
+    ipfs_api: str | None = None,
     local_block: str | None = None,
     job_id: str | None = None,
 ) -> None:
@@ -249,6 +276,8 @@ def publish(
         Name of a saved S3Storage block, or TYPE/NAME of a prefect-aws s3-bucket or credentials block.
     ipfs_block
         Name of a saved IPFSNode block.
+    ipfs_api
+        RPC API of the Kubo node, without a block (default: the running daemon's $IPFS_PATH/api, else /ip4/127.0.0.1/tcp/5001).
     local_block
         Name of a saved LocalResultServer block.
     job_id
@@ -261,7 +290,10 @@ def publish(
     with _progress() as bar:
         bar(f"publishing {folder.name} to {spec.type}")
         result = publish_to(
-            folder, spec, ExecutionContext.new(job_id=job_id), **_blocks(s3_block, ipfs_block, local_block)
+            folder,
+            spec,
+            ExecutionContext.new(job_id=job_id),
+            **_blocks(s3_block, ipfs_block, local_block, ipfs_api, ipfs=spec.type == "ipfs"),
         )
     out.print_json(json.dumps(result.to_bacalhau()))
 

@@ -1,8 +1,8 @@
 """Start-up as users run the CLI: fresh processes, and what each path imports (`python -X importtime`).
 
 `--help`, `publish -p local` and `get` of a local result import neither Prefect nor boto3/botocore, obstore or
-the Kubo client; S3 paths import boto3 but not Prefect. Prefect comes in only when a block, an artifact key or
-a flow-run id is named. Timings live in bench/bench_cli.py; the bound here only catches a pathological start.
+the Kubo client; S3 paths import boto3 but not Prefect; IPFS paths import the Kubo client but neither Prefect
+nor an S3 client. Prefect comes in only when a block, an artifact key or a flow-run id is named. Timings live in bench/bench_cli.py; the bound here only catches a pathological start.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_bacalhau_publish.testing import MinioServer, ResultServerProcess, free_port
+from prefect_bacalhau_publish.testing import KuboServer, MinioServer, ResultServerProcess, free_port
 
 from .test_s3 import tree
 
@@ -155,3 +155,42 @@ def test_s3_publish_and_get_leave_prefect_out(
     assert done.returncode == 0, errors(done)
     assert loaded(imported, NOT_FOR_S3) == []
     assert tree(tmp_path / "got") == tree(result_dir)
+
+
+NOT_FOR_IPFS = ("prefect", "prefect_aws", "boto3", "botocore", "obstore", "ipfshttpclient")
+
+
+@pytest.mark.parametrize("found_by", ["--ipfs-api", "IPFS_PATH"])
+def test_ipfs_publish_and_get_leave_prefect_out(
+    result_dir: Path, kubo: KuboServer, tmp_path: Path, found_by: str
+) -> None:
+    """Without a block the node comes from --ipfs-api, or from the running daemon's $IPFS_PATH/api file (as
+    the `ipfs` command finds it); neither path imports Prefect (3 s of start-up) or an S3 client."""
+    if found_by == "--ipfs-api":
+        flags, env = ["--ipfs-api", kubo.api_url], {"IPFS_PATH": str(tmp_path / "no-repo")}
+    else:
+        flags, env = [], {"IPFS_PATH": str(kubo.repo_dir)}
+        assert (kubo.repo_dir / "api").read_text().strip().endswith(kubo.api_url.rsplit(":", 1)[1])
+    done, imported = cli("publish", str(result_dir), "-p", "ipfs", *flags, env=env)
+    assert done.returncode == 0, errors(done)
+    assert loaded(imported, NOT_FOR_IPFS) == []
+    cid = json.loads(done.stdout)["Params"]["CID"]
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(done.stdout)
+    done, imported = cli("get", str(spec_file), "-o", str(tmp_path / "got"), *flags, env=env)
+    assert done.returncode == 0, errors(done)
+    assert loaded(imported, NOT_FOR_IPFS) == []
+    assert tree(tmp_path / "got") == tree(result_dir)
+    assert cid.startswith("bafy")
+
+
+def test_ipfs_get_names_an_unreachable_node(result_dir: Path, tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"Type": "ipfs", "Params": {"CID": "bafkqaaa"}}))
+    port = free_port()
+    done, _ = cli(
+        "get", str(spec_file), "-o", str(tmp_path / "got"), "--ipfs-api", f"/ip4/127.0.0.1/tcp/{port}"
+    )
+    assert done.returncode == 1
+    assert f"cannot reach the Kubo RPC API at http://127.0.0.1:{port}" in errors(done)
+    assert not (tmp_path / "got").exists()

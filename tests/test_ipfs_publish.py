@@ -247,7 +247,9 @@ def _drop_last_block(car: bytes) -> bytes:
 def export_proxy(
     kubo: KuboServer, change: Callable[[bytes], bytes], swap_cid: str | None = None
 ) -> Iterator[IPFSNode]:
-    """A node that forwards to the real Kubo but alters what `dag/export` returns."""
+    """A node that forwards to the real Kubo but alters what `dag/export` returns; it keeps its gateway to
+    itself (config access refused, as API.Authorizations can), so the RPC API's CAR is what is fetched
+    (tests/test_ipfs_gateway.py alters the gateway's)."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -257,6 +259,13 @@ def export_proxy(
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             url = urlsplit(self.path)
             query = dict(parse_qsl(url.query))
+            if url.path.endswith("/config"):
+                body = b'{"Message": "config access is not granted", "Code": 0, "Type": "error"}'
+                self.send_response(403)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             exporting = url.path.endswith("/dag/export")
             if exporting and swap_cid:
                 query["arg"] = swap_cid

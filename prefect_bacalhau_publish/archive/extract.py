@@ -17,6 +17,7 @@ from typing import IO, BinaryIO
 
 from prefect_bacalhau_publish.errors import FetchError, UnsafeArchiveError
 
+from ..slicedwrite import SLICE
 from .checks import MAX_DEPTH, _link_problem
 from .codec import _DECOMPRESS_ERRORS, CHUNK, _inflater
 
@@ -158,7 +159,7 @@ class _FileWriter:
                 elif self.error is None:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view) :]
+                        view = view[os.write(fd, view[:SLICE]) :]  # see slicedwrite
             except OSError as exc:
                 if self.error is None:
                     self.error = (name, exc)

@@ -18,6 +18,7 @@ from typing import BinaryIO, cast
 from prefect_bacalhau_publish.errors import PublishError
 from prefect_bacalhau_publish.progress import advance
 
+from ..slicedwrite import SLICE
 from .checks import _kind, _link_problem
 from .codec import CHUNK, DEFAULT_COMPRESSOR, Compressor, _Deflater, _deflater
 
@@ -164,7 +165,7 @@ class _GzipSink:
         self.size += len(data)
         view = memoryview(data)
         while view:
-            n = self._out.write(view)
+            n = self._out.write(view[:SLICE])  # see slicedwrite
             if n is None:  # a non-blocking raw stream that would block
                 raise BlockingIOError("output stream would block")
             view = view[n:]

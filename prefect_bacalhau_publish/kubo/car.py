@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 from ..errors import ChecksumMismatchError, FetchError
 from .cid import CID, IDENTITY, encode_varint, read_varint
 
-__all__ = ["CarStore", "encode_frame", "encode_header"]
+__all__ = ["CarStore", "encode_frame", "encode_header", "read_header", "read_section"]
 
 MAX_HEADER = 1 << 20
 MAX_FRAME = 8 << 20
@@ -113,6 +113,44 @@ def _read_varint(handle: BinaryIO) -> int | None:
             raise FetchError("malformed CAR section length")
 
 
+def read_header(handle: BinaryIO) -> list[CID]:
+    """The roots of the CAR v1 stream `handle` (its header read); FetchError when it is not one."""
+    length = _read_varint(handle)
+    if length is None or not 0 < length <= MAX_HEADER:
+        raise FetchError("not a CAR stream: missing or oversized header")
+    try:
+        header, _ = _cbor_decode(_read_exact(handle, length))
+    except ValueError as exc:
+        raise FetchError(f"not a CAR stream: {exc}") from None
+    if not isinstance(header, dict) or header.get("version") != 1:
+        raise FetchError("only CAR version 1 is supported")
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not all(isinstance(root, CID) for root in roots):
+        raise FetchError("the CAR header has no valid roots")
+    return list(roots)
+
+
+def read_section(handle: BinaryIO) -> tuple[CID, int, bytes] | None:
+    """The next section as (CID, where its block starts, section bytes), its block checked against the CID's
+    hash (ChecksumMismatchError when altered); None at a clean end of the stream."""
+    size = _read_varint(handle)
+    if size is None:
+        return None
+    if not 0 < size <= MAX_FRAME:
+        raise FetchError(f"CAR section of {size} bytes is out of bounds")
+    section = _read_exact(handle, size)
+    try:
+        cid, start = CID.decode(section)
+        valid = cid.verify(memoryview(section)[start:])
+    except ValueError as exc:
+        raise FetchError(f"malformed block in the CAR stream: {exc}") from None
+    if not valid:
+        raise ChecksumMismatchError(
+            f"block {cid} in the CAR stream does not match its hash: the data was altered"
+        )
+    return cid, start, section
+
+
 class CarStore:
     """The verified blocks of a CAR file, looked up by multihash (a CIDv0 and CIDv1 share a block)."""
 
@@ -127,33 +165,11 @@ class CarStore:
         """Index a CAR v1 file, verifying every block's hash; FetchError when malformed."""
         index: dict[bytes, tuple[int, int]] = {}
         with open(path, "rb") as handle:
-            length = _read_varint(handle)
-            if length is None or not 0 < length <= MAX_HEADER:
-                raise FetchError("not a CAR stream: missing or oversized header")
-            try:
-                header, _ = _cbor_decode(_read_exact(handle, length))
-            except ValueError as exc:
-                raise FetchError(f"not a CAR stream: {exc}") from None
-            if not isinstance(header, dict) or header.get("version") != 1:
-                raise FetchError("only CAR version 1 is supported")
-            roots = header.get("roots")
-            if not isinstance(roots, list) or not all(isinstance(root, CID) for root in roots):
-                raise FetchError("the CAR header has no valid roots")
-            while (size := _read_varint(handle)) is not None:
-                if not 0 < size <= MAX_FRAME:
-                    raise FetchError(f"CAR section of {size} bytes is out of bounds")
-                section = _read_exact(handle, size)
-                try:
-                    cid, start = CID.decode(section)
-                    valid = cid.verify(section[start:])
-                except ValueError as exc:
-                    raise FetchError(f"malformed block in the CAR stream: {exc}") from None
-                if not valid:
-                    raise ChecksumMismatchError(
-                        f"block {cid} in the CAR stream does not match its hash: the data was altered"
-                    )
-                index[cid.multihash] = (handle.tell() - size + start, size - start)
-        return cls(path, list(roots), index)
+            roots = read_header(handle)
+            while (section := read_section(handle)) is not None:
+                cid, start, body = section
+                index[cid.multihash] = (handle.tell() - len(body) + start, len(body) - start)
+        return cls(path, roots, index)
 
     def get(self, cid: CID) -> bytes | None:
         """The block for `cid`, or None when the CAR lacks it."""

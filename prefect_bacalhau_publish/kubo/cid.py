@@ -18,7 +18,7 @@ IDENTITY = 0x00
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
 
-_HASHES: dict[int, Callable[[bytes], bytes]] = {
+_HASHES: dict[int, Callable[[bytes | memoryview], bytes]] = {
     SHA2_256: lambda data: hashlib.sha256(data).digest(),
     0x13: lambda data: hashlib.sha512(data).digest(),
     0x16: lambda data: hashlib.sha3_256(data).digest(),
@@ -102,7 +102,7 @@ class CID:
             return b58encode(self.multihash)
         return "b" + base64.b32encode(bytes(self)).decode().lower().rstrip("=")
 
-    def verify(self, block: bytes) -> bool:
+    def verify(self, block: bytes | memoryview) -> bool:
         """True when `block` hashes to this CID's digest; ValueError for an unsupported hash function."""
         if self.hash_code == IDENTITY:
             return block == self.digest

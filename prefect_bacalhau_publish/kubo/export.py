@@ -1,4 +1,4 @@
-"""Write a UnixFS DAG (from a verified CarStore) onto disk safely: folders, files, HAMT shards, symlinks.
+"""Write a UnixFS DAG (from verified blocks) onto disk safely: folders, files, HAMT shards, symlinks.
 
 Every block must be present (the DAG is complete from the root) and every name must be a plain file name:
 no `..`, no `/`, no empty or duplicate names; symlinks must stay inside the tree (`symlink_problem`, which
@@ -13,57 +13,71 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple, Protocol
 
 from ..errors import FetchError, UnsafeArchiveError
-from .car import CarStore
+from ..slicedwrite import write_sliced
 from .cid import CID, DAG_PB, RAW
 from .dagpb import DIRECTORY, FILE, HAMT_SHARD, SYMLINK, PBLink, UnixFSData, decode_node, decode_unixfs
 from .dagpb import RAW as UNIXFS_RAW
 
-__all__ = ["MAX_FOLDER_DEPTH", "export_dag", "show_entry", "symlink_problem"]
+__all__ = ["MAX_FOLDER_DEPTH", "BlockSource", "export_dag", "show_entry", "symlink_problem"]
 
 _MAX_FILE_DEPTH = 64
 MAX_FOLDER_DEPTH = _MAX_FILE_DEPTH * 4
 """Folders nested deeper under the root than this are refused."""
 _PERMISSIONS = 0o777  # never setuid, setgid or sticky
+_RAW_LEAF = UnixFSData(UNIXFS_RAW)
+
+
+class BlockSource(Protocol):
+    """Where blocks come from: a verified CarStore (any order) or an OrderedCar (depth-first, as walked)."""
+
+    def get(self, cid: CID) -> bytes | memoryview | None: ...
+
+
+class _Node(NamedTuple):
+    links: list[PBLink]
+    data: UnixFSData
+    raw: bytes | memoryview | None  # the block of a raw leaf (its bytes are the file's)
 
 
 class _Reader:
-    """Decodes blocks of one DAG, naming the root in every error."""
+    """Decodes blocks of one DAG, naming the root in every error; each block is asked for once, when the
+    depth-first walk of the links reaches it (the order an `OrderedCar` needs)."""
 
-    def __init__(self, store: CarStore, root: CID, max_bytes: int) -> None:
+    def __init__(self, store: BlockSource, root: CID, max_bytes: int) -> None:
         self.store = store
         self.root = root
         self.bytes_left = max_bytes
         self.max_bytes = max_bytes
 
-    def _emit(self, out: BinaryIO, data: bytes) -> None:
+    def _emit(self, out: BinaryIO, data: bytes | memoryview) -> None:
         """Write file bytes, refusing a DAG that expands past the byte cap (blocks can be linked many times)."""
         self.bytes_left -= len(data)
         if self.bytes_left < 0:
             raise UnsafeArchiveError(
                 f"the content under {self.root} expands to more than {self.max_bytes} bytes"
             )
-        out.write(data)
+        write_sliced(out, data)
 
-    def block(self, cid: CID) -> bytes:
+    def block(self, cid: CID) -> bytes | memoryview:
         data = self.store.get(cid)
         if data is None:
             raise FetchError(f"the DAG under {self.root} is incomplete: block {cid} is missing")
         return data
 
-    def node(self, cid: CID) -> tuple[list[PBLink], UnixFSData]:
+    def node(self, cid: CID) -> _Node:
         """Links and UnixFS data of a dag-pb node (a raw block reads as a raw UnixFS leaf)."""
         if cid.codec == RAW:
-            return [], UnixFSData(UNIXFS_RAW, self.block(cid))
+            return _Node([], _RAW_LEAF, self.block(cid))
         if cid.codec != DAG_PB:
             raise FetchError(f"{cid} under {self.root} is not UnixFS (codec 0x{cid.codec:x})")
         try:
-            links, data = decode_node(self.block(cid))
+            links, data = decode_node(bytes(self.block(cid)))
             if data is None:
                 raise ValueError("no UnixFS data")
-            return links, decode_unixfs(data)
+            return _Node(links, decode_unixfs(data), None)
         except ValueError as exc:
             raise FetchError(f"{cid} under {self.root} is not a valid UnixFS node: {exc}") from None
 
@@ -74,46 +88,52 @@ class _Reader:
         except ValueError as exc:
             raise FetchError(f"malformed link {link.name!r}: {exc}") from None
 
-    def entries(self, links: list[PBLink], data: UnixFSData) -> Iterator[tuple[bytes, CID]]:
-        """(name, CID) of each entry of a basic or HAMT-sharded directory."""
-        if data.type == DIRECTORY:
-            for link in links:
-                yield link.name, self.child(link)
+    def entries(self, node: _Node) -> Iterator[tuple[bytes, CID]]:
+        """(name, CID) of each entry of a basic or HAMT-sharded directory, in link order, depth first: a
+        sub-shard is read when reached, after the entries before it (and what they hold) are done."""
+        if node.data.type == DIRECTORY:
+            for entry in node.links:
+                yield entry.name, self.child(entry)
             return
-        fanout = data.fanout or 0
+        fanout = node.data.fanout or 0
         if fanout < 2 or fanout & (fanout - 1):
             raise FetchError(f"HAMT shard under {self.root} has an invalid fanout {fanout}")
         pad = len(f"{fanout - 1:X}")
-        pending = [(links, 0)]
-        while pending:
-            shard_links, depth = pending.pop()
-            for link in shard_links:
-                if len(link.name) == pad:
-                    child = self.child(link)
-                    sub_links, sub_data = self.node(child)
-                    if sub_data.type != HAMT_SHARD or sub_data.fanout != fanout or depth > 64:
-                        raise FetchError(f"malformed HAMT shard {child} under {self.root}")
-                    pending.append((sub_links, depth + 1))
-                elif len(link.name) > pad:
-                    yield link.name[pad:], self.child(link)
-                else:
-                    raise FetchError(f"malformed HAMT link name {link.name!r} under {self.root}")
+        shards = [iter(node.links)]
+        while shards:
+            link = next(shards[-1], None)
+            if link is None:
+                shards.pop()
+            elif len(link.name) == pad:
+                child = self.child(link)
+                sub = self.node(child)
+                if sub.data.type != HAMT_SHARD or sub.data.fanout != fanout or len(shards) > 64:
+                    raise FetchError(f"malformed HAMT shard {child} under {self.root}")
+                shards.append(iter(sub.links))
+            elif len(link.name) > pad:
+                yield link.name[pad:], self.child(link)
+            else:
+                raise FetchError(f"malformed HAMT link name {link.name!r} under {self.root}")
 
-    def write_file(self, out: BinaryIO, cid: CID, depth: int = 0) -> int:
-        """Append the file bytes under `cid` to `out`; returns how many were written."""
+    def write_file(self, out: BinaryIO, cid: CID, node: _Node, depth: int = 0) -> int:
+        """Append the file bytes of `node` (the block of `cid`) to `out`; returns how many were written."""
         if depth > _MAX_FILE_DEPTH:
             raise FetchError(f"file DAG under {self.root} is too deep")
-        links, data = self.node(cid)
+        if node.raw is not None:
+            self._emit(out, node.raw)
+            return len(node.raw)
+        data = node.data
         if data.type not in (FILE, UNIXFS_RAW):
             raise FetchError(f"{cid} under {self.root} is not file data")
-        if data.blocksizes and len(data.blocksizes) != len(links):
+        if data.blocksizes and len(data.blocksizes) != len(node.links):
             raise FetchError(f"file node {cid} under {self.root} has inconsistent block sizes")
         written = 0
         if data.data:
             self._emit(out, data.data)
             written += len(data.data)
-        for index, link in enumerate(links):
-            size = self.write_file(out, self.child(link), depth + 1)
+        for index, link in enumerate(node.links):
+            child = self.child(link)
+            size = self.write_file(out, child, self.node(child), depth + 1)
             if data.blocksizes and size != data.blocksizes[index]:
                 raise FetchError(f"file node {cid} under {self.root} records a wrong block size")
             written += size
@@ -127,6 +147,14 @@ class _Reader:
 def show_entry(rel: str, target: bytes | None = None) -> str:
     """An entry for messages: `'outputs/host'`, or `'outputs/host' -> '/etc/hostname'` for a symlink."""
     return repr(rel) if target is None else f"{rel!r} -> {os.fsdecode(target)!r}"
+
+
+class _Folder(NamedTuple):
+    path: Path
+    rel: str
+    depth: int
+    entries: Iterator[tuple[bytes, CID]]
+    seen: set[bytes]
 
 
 def _join(rel: str, name: str) -> str:
@@ -175,58 +203,72 @@ def _apply_folder_modes(modes: Sequence[tuple[int, Path, int]]) -> None:
 
 
 def export_dag(
-    store: CarStore, root: CID, out: Path, *, max_bytes: int = 100 * 2**30, max_entries: int = 1_000_000
+    store: BlockSource,
+    root: CID,
+    out: Path,
+    *,
+    max_bytes: int = 100 * 2**30,
+    max_entries: int = 1_000_000,
 ) -> None:
     """Write the DAG under `root` at `out` (which must not exist): a folder, or one file.
 
-    Caps the bytes written and the entries created (a DAG can link one block or folder many times, so a
-    small CAR can expand without bound), and refuses symlinks that resolve outside `out`.
+    Walks the links depth first, in order, asking `store` for each block once as it is reached. Caps the
+    bytes written and the entries created (a DAG can link one block or folder many times, so a small CAR
+    can expand without bound), and refuses symlinks that resolve outside `out`.
     """
     reader = _Reader(store, root, max_bytes)
-    links, data = reader.node(root)
-    if data.type in (FILE, UNIXFS_RAW):
+    top = reader.node(root)
+    if top.data.type in (FILE, UNIXFS_RAW):
         with open(out, "xb") as handle:
-            reader.write_file(handle, root)
-        if data.mode is not None:
-            os.chmod(out, data.mode & _PERMISSIONS)
+            reader.write_file(handle, root, top)
+        if top.data.mode is not None:
+            os.chmod(out, top.data.mode & _PERMISSIONS)
         return
-    if data.type not in (DIRECTORY, HAMT_SHARD):
+    if top.data.type not in (DIRECTORY, HAMT_SHARD):
         raise FetchError(f"{root} is neither a UnixFS folder nor a file")
-    pending: list[tuple[Path, str, int, list[PBLink], UnixFSData]] = [(out, "", 0, links, data)]
+    out.mkdir()
+    folders = [_Folder(out, "", 0, reader.entries(top), set())]
     folder_modes: list[tuple[int, Path, int]] = []
     entries_left = max_entries
-    while pending:
-        folder, rel, depth, links, data = pending.pop()
-        if depth > MAX_FOLDER_DEPTH:
-            raise UnsafeArchiveError(f"the folders under {root} nest deeper than {MAX_FOLDER_DEPTH} levels")
-        folder.mkdir()
-        if depth and data.mode is not None:
-            folder_modes.append((depth, folder, data.mode & _PERMISSIONS))
-        seen: set[bytes] = set()
-        for name, cid in reader.entries(links, data):
-            entries_left -= 1
-            if entries_left < 0:
-                raise UnsafeArchiveError(f"the content under {root} has more than {max_entries} entries")
-            plain = _safe_name(name, rel)
-            path, child_rel = folder / plain, _join(rel, plain)
-            if name in seen:
-                raise UnsafeArchiveError(f"refusing duplicate entry {show_entry(child_rel)}")
-            seen.add(name)
-            child_links, child_data = reader.node(cid)
-            if child_data.type in (DIRECTORY, HAMT_SHARD):
-                pending.append((path, child_rel, depth + 1, child_links, child_data))
-            elif child_data.type == SYMLINK:
-                target = child_data.data or b""
-                problem = symlink_problem(target, depth)
-                if problem is not None:
-                    raise UnsafeArchiveError(f"refusing symlink {show_entry(child_rel, target)}: {problem}")
-                os.symlink(os.fsdecode(target), path)
-            elif child_data.type in (FILE, UNIXFS_RAW):
-                with open(path, "xb") as handle:
-                    reader.write_file(handle, cid)
-                if child_data.mode is not None:
-                    os.chmod(path, child_data.mode & _PERMISSIONS)
-            else:
-                raise FetchError(f"{show_entry(child_rel)} has an unsupported UnixFS type {child_data.type}")
+    while folders:
+        folder = folders[-1]
+        entry = next(folder.entries, None)
+        if entry is None:
+            folders.pop()
+            continue
+        name, cid = entry
+        entries_left -= 1
+        if entries_left < 0:
+            raise UnsafeArchiveError(f"the content under {root} has more than {max_entries} entries")
+        plain = _safe_name(name, folder.rel)
+        path, child_rel = folder.path / plain, _join(folder.rel, plain)
+        if name in folder.seen:
+            raise UnsafeArchiveError(f"refusing duplicate entry {show_entry(child_rel)}")
+        folder.seen.add(name)
+        child = reader.node(cid)
+        kind, mode = child.data.type, child.data.mode
+        if kind in (DIRECTORY, HAMT_SHARD):
+            depth = folder.depth + 1
+            if depth > MAX_FOLDER_DEPTH:
+                raise UnsafeArchiveError(
+                    f"the folders under {root} nest deeper than {MAX_FOLDER_DEPTH} levels"
+                )
+            path.mkdir()
+            if mode is not None:
+                folder_modes.append((depth, path, mode & _PERMISSIONS))
+            folders.append(_Folder(path, child_rel, depth, reader.entries(child), set()))
+        elif kind == SYMLINK:
+            target = child.data.data or b""
+            problem = symlink_problem(target, folder.depth)
+            if problem is not None:
+                raise UnsafeArchiveError(f"refusing symlink {show_entry(child_rel, target)}: {problem}")
+            os.symlink(os.fsdecode(target), path)
+        elif kind in (FILE, UNIXFS_RAW):
+            with open(path, "xb") as handle:
+                reader.write_file(handle, cid, child)
+            if mode is not None:
+                os.chmod(path, mode & _PERMISSIONS)
+        else:
+            raise FetchError(f"{show_entry(child_rel)} has an unsupported UnixFS type {kind}")
     _check_links_resolve_inside(out)
     _apply_folder_modes(folder_modes)

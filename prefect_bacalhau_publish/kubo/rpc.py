@@ -28,7 +28,7 @@ from .unixfs import Entry, ImportParams, scan
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from ..blocks import IPFSNode
+    from .node import NodeSettings
 
 __all__ = ["MIN_VERSION", "MODE_VERSION", "AddTap", "KuboClient", "add_flags"]
 
@@ -126,8 +126,8 @@ class KuboClient:
         )
 
     @classmethod
-    def from_node(cls, node: IPFSNode, *, error: ErrorType = IPFSPublishError) -> KuboClient:
-        """A client for an IPFSNode block (its address may be a multiaddr or a URL)."""
+    def from_node(cls, node: NodeSettings, *, error: ErrorType = IPFSPublishError) -> KuboClient:
+        """A client for an IPFSNode block or a KuboNode (its address may be a multiaddr or a URL)."""
         try:
             url = node.api_url
         except ValueError as exc:

@@ -23,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..blocks import IPFSNode
 from ..errors import IPFSPublishError
 from ..kubo.car import encode_frame, encode_header
 from ..kubo.cid import CID
 from ..kubo.export import MAX_FOLDER_DEPTH, show_entry, symlink_problem
+from ..kubo.node import KuboNode, NodeSettings
 from ..kubo.rpc import MODE_VERSION, KuboClient, add_flags
 from ..kubo.unixfs import (
     PROFILES,
@@ -211,7 +211,7 @@ def check_tree(tree: Entry) -> None:
                 )
 
 
-def publish_folder(result_dir: Path, node: IPFSNode) -> str:
+def publish_folder(result_dir: Path, node: NodeSettings) -> str:
     """Publish a folder to the node; returns its root CID (the `cid_profile`'s CID, checked locally)."""
     params = PROFILES[node.cid_profile]
     if node.preserve_mode:
@@ -250,10 +250,10 @@ def publish_folder(result_dir: Path, node: IPFSNode) -> str:
 
 
 def publish(
-    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: IPFSNode | None
+    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: NodeSettings | None
 ) -> PublishedResult:
     """Publish `result_dir` to IPFS: `{"Type": "ipfs", "Params": {"CID": ...}}`, pinned when `target.pin`."""
     if spec.type != "ipfs":
         raise IPFSPublishError(f"invalid publisher type. expected ipfs, but received: {spec.type}")
-    cid = publish_folder(Path(result_dir), target if target is not None else IPFSNode())
+    cid = publish_folder(Path(result_dir), target if target is not None else KuboNode())
     return PublishedResult.model_validate({"Type": "ipfs", "Params": {"CID": cid}})

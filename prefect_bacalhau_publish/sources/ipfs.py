@@ -1,9 +1,12 @@
 """The `ipfs` input source: fetch a CID from a Kubo node as a CAR, verify every block, write it safely.
 
-A folder CID becomes a folder at `dest`, a file CID a file at `dest`. The CAR is spooled into a temporary
-folder beside `dest`, indexed with every block's hash checked, then the DAG is written there and renamed
-into place only when complete; on any failure `dest` is left as it was. Modes stored in the DAG are applied
-to what is inside the folder (permission bits only).
+A folder CID becomes a folder at `dest`, a file CID a file at `dest`, written in a temporary folder beside
+`dest` and renamed into place only when the whole DAG has arrived and checked out; on any failure `dest` is
+left as it was. Modes stored in the DAG are applied to what is inside the folder (permission bits only).
+
+The CAR comes from the node's own gateway when it has one (`kubo.gateway`): depth-first with repeats, each
+block hash-checked and written as it streams, so the result lands once on disk. Otherwise it comes from the
+RPC API's `dag/export` (no repeats, any order): spooled beside `dest`, indexed, then written.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..blocks import IPFSNode
 from ..errors import FetchError
 from ..kubo.car import CarStore
+from ..kubo.carstream import OrderedCar
 from ..kubo.cid import CID
 from ..kubo.export import export_dag, show_entry
+from ..kubo.gateway import find_gateway, open_car
+from ..kubo.node import KuboNode, NodeSettings
 from ..kubo.rpc import KuboClient
 from ..progress import advance, expect
+from ..slicedwrite import write_sliced
 from ..specs import IPFSParams, SourceSpec
 from .place import check_dest, place
 
@@ -38,7 +44,7 @@ def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
     got = 0
     with client.dag_export(str(cid)) as chunks, open(car_path, "wb") as handle:
         for chunk in chunks:
-            handle.write(chunk)
+            write_sliced(handle, chunk)
             advance(len(chunk))
             got += len(chunk)
             if total is None and got >= _ROOT_ARRIVED:  # the root, the first block, came from the network
@@ -47,9 +53,29 @@ def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
                     expect(total)
 
 
-def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
+def _check_roots(roots: list[CID], root: CID, source: str) -> None:
+    if not any(r.multihash == root.multihash and r.codec == root.codec for r in roots):
+        shown = ", ".join(map(str, roots)) or "nothing"
+        raise FetchError(f"the CAR from {source} is rooted at {shown}, not at {root}")
+
+
+def _stream(client: KuboClient, gateway: str, root: CID, out: Path, timeout: float) -> bool:
+    """Write the DAG at `out` from the gateway's CAR as it streams; False when the gateway cannot serve it."""
+    total = client.cumulative_size(str(root))
+    with open_car(gateway, str(root), timeout) as handle:
+        if handle is None:
+            return False
+        if total is not None:
+            expect(total)
+        with OrderedCar(handle, f"the Kubo gateway at {gateway}", advance) as blocks:
+            _check_roots(blocks.roots, root, f"the Kubo gateway at {gateway}")
+            export_dag(blocks, root, out)
+    return True
+
+
+def fetch_cid(cid: str, dest: Path, node: NodeSettings | None = None) -> Path:
     """Fetch `cid` from `node` (default: the local Kubo RPC API) into `dest`; returns `dest`."""
-    node = node or IPFSNode()
+    node = node or KuboNode()
     try:
         root = CID.parse(cid)
     except ValueError as exc:
@@ -61,12 +87,14 @@ def fetch_cid(cid: str, dest: Path, node: IPFSNode | None = None) -> Path:
     try:
         with KuboClient.from_node(node, error=FetchError) as client:
             client.version()
-            _spool(client, root, work / "dag.car")
-        with CarStore.load(work / "dag.car") as store:
-            if not any(r.multihash == root.multihash and r.codec == root.codec for r in store.roots):
-                roots = ", ".join(map(str, store.roots)) or "nothing"
-                raise FetchError(f"the CAR from {client.api_url} is rooted at {roots}, not at {root}")
-            export_dag(store, root, work / "out")
+            gateway = find_gateway(client)
+            streamed = gateway is not None and _stream(client, gateway, root, work / "out", node.timeout)
+            if not streamed:
+                _spool(client, root, work / "dag.car")
+        if not streamed:
+            with CarStore.load(work / "dag.car") as store:
+                _check_roots(store.roots, root, client.api_url)
+                export_dag(store, root, work / "out")
         place(work / "out", dest)
     except OSError as exc:
         raise FetchError(
@@ -97,7 +125,7 @@ def _discard(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def fetch(source: SourceSpec, dest: Path, target: IPFSNode | None) -> Path:
+def fetch(source: SourceSpec, dest: Path, target: NodeSettings | None) -> Path:
     """Materialise an `ipfs` input source (`{"CID": ...}`) at `dest`, verified block by block."""
     params = source.params
     if not isinstance(params, IPFSParams):

@@ -29,6 +29,7 @@ from ..progress import advance, expect, submit
 from ..publishers.s3_plain import obstore_can_carry
 from ..s3access import check_bucket, s3_access
 from ..s3errors import error_code, is_denied, wrapped
+from ..slicedwrite import write_sliced
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
 from .s3_many import Wanted, download_many
@@ -196,7 +197,7 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
                     )
                 verifier = ChecksumVerifier(params.checksum_sha256, expected if expected >= 0 else None)
             for chunk in response.iter_bytes(_CHUNK):
-                out.write(chunk)
+                write_sliced(out, chunk)
                 got += len(chunk)
                 if verifier is not None:
                     verifier.update(chunk)
@@ -413,7 +414,7 @@ def download_verified(
     body = response["Body"]
     try:
         while chunk := body.read(_CHUNK):
-            out.write(chunk)
+            write_sliced(out, chunk)
             advance(len(chunk))
             if checksum:
                 hasher.update(chunk)

@@ -24,6 +24,7 @@ from ..checksums import b64
 from ..errors import ChecksumMismatchError, FetchError
 from ..progress import advance, submit
 from ..s3errors import wrapped
+from ..slicedwrite import write_sliced
 
 __all__ = ["Wanted", "download_many"]
 
@@ -145,12 +146,12 @@ async def _fetch_one(
 def _write_whole(path: Path, data: Any) -> tuple[int, str]:
     """Write one object's bytes to a new file; its size and SHA-256 (in a file thread)."""
     with open(path, "wb") as out:
-        out.write(data)
+        write_sliced(out, data)
     return len(data), b64(hashlib.sha256(data).digest())
 
 
 def _write_chunk(out: BinaryIO, hasher: Any, chunk: Any) -> None:
-    out.write(chunk)
+    write_sliced(out, chunk)
     hasher.update(chunk)
 
 

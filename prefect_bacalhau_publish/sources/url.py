@@ -23,6 +23,7 @@ import httpx
 
 from ..errors import ChecksumMismatchError, FetchError
 from ..progress import advance, expect
+from ..slicedwrite import write_sliced
 from ..specs import SourceSpec, URLParams
 from .place import beside, check_dest, place
 from .tail import extract_while_downloading
@@ -170,7 +171,7 @@ def _get(client: httpx.Client, url: str, out: BinaryIO, state: _Progress) -> Non
         else:
             raise FetchError(_status_problem(url, response))
         for chunk in response.iter_bytes():  # no chunk size: httpx would hold back a partial chunk
-            out.write(chunk)
+            write_sliced(out, chunk)
             advance(len(chunk))
             state.sha.update(chunk)
             state.got += len(chunk)
