@@ -82,9 +82,10 @@ def find_gateway(client: KuboClient) -> str | None:
 
 
 @contextlib.contextmanager
-def open_car(gateway: str, cid: str, timeout: float) -> Iterator[BinaryIO | None]:
+def open_car(gateway: str, cid: str, timeout: float, source: str) -> Iterator[BinaryIO | None]:
     """The CAR of `cid` from `gateway` as a buffered stream, or None when the gateway cannot serve it that
-    way (unreachable, an error status, another CAR order): the caller then uses the RPC API."""
+    way (unreachable, an error status, another CAR order): the caller then uses the RPC API. Transport
+    failures mid-stream raise FetchError naming `source`."""
     pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10.0, read=timeout))
     url = f"{gateway}/ipfs/{cid}?format=car&dag-scope=all&car-order=dfs&car-dups=y"
     try:
@@ -101,7 +102,7 @@ def open_car(gateway: str, cid: str, timeout: float) -> Iterator[BinaryIO | None
             logger.debug("gateway %s answered %s (%s)", gateway, response.status, kind)
             yield None
             return
-        yield _Checked(cast(urllib3.HTTPResponse, response), gateway)
+        yield _Checked(cast(urllib3.HTTPResponse, response), source)
     finally:
         with contextlib.suppress(RuntimeError):  # raised when the body was read to its end
             response.shutdown()  # unblocks a read-ahead thread still waiting on the socket
@@ -112,13 +113,13 @@ def open_car(gateway: str, cid: str, timeout: float) -> Iterator[BinaryIO | None
 class _Checked(io.BufferedReader):
     """The response body, its transport failures raised as FetchError naming the gateway."""
 
-    def __init__(self, response: urllib3.HTTPResponse, gateway: str) -> None:
+    def __init__(self, response: urllib3.HTTPResponse, source: str) -> None:
         response.auto_close = False  # as io.BufferedReader needs: reading at the end gives b"", not an error
         super().__init__(response, _READ_BUFFER)
-        self.gateway = gateway
+        self.source = source
 
     def read(self, size: int | None = -1) -> bytes:
         try:
             return super().read(size)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise FetchError(f"the CAR stream from the Kubo gateway at {self.gateway} broke: {exc}") from None
+            raise FetchError(f"the CAR stream from {self.source} broke: {exc}") from None

@@ -62,13 +62,14 @@ def _check_roots(roots: list[CID], root: CID, source: str) -> None:
 def _stream(client: KuboClient, gateway: str, root: CID, out: Path, timeout: float) -> bool:
     """Write the DAG at `out` from the gateway's CAR as it streams; False when the gateway cannot serve it."""
     total = client.cumulative_size(str(root))
-    with open_car(gateway, str(root), timeout) as handle:
+    source = f"the gateway {gateway} of the Kubo node at {client.api_url}"
+    with open_car(gateway, str(root), timeout, source) as handle:
         if handle is None:
             return False
         if total is not None:
             expect(total)
-        with OrderedCar(handle, f"the Kubo gateway at {gateway}", advance) as blocks:
-            _check_roots(blocks.roots, root, f"the Kubo gateway at {gateway}")
+        with OrderedCar(handle, source, advance) as blocks:
+            _check_roots(blocks.roots, root, source)
             export_dag(blocks, root, out)
     return True
 
