@@ -35,20 +35,17 @@ _READ_BUFFER = 1 << 20
 logger = logging.getLogger(__name__)
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP address, or None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return False
+    ip = _ip(host)
+    return host == "localhost" or (ip is not None and ip.is_loopback)
 
 
 def gateway_url(address: str, api_url: str) -> str | None:
@@ -59,7 +56,7 @@ def gateway_url(address: str, api_url: str) -> str | None:
         return None
     api_host = urlsplit(api_url).hostname or ""
     host = url.hostname or ""
-    if _unspecified(host):
+    if (ip := _ip(host)) is not None and ip.is_unspecified:
         host = api_host
     elif _loopback(host) and not _loopback(api_host):
         return None  # the node's loopback is not ours

@@ -36,9 +36,9 @@ _ROOT_ARRIVED = 1 << 20
 """CAR bytes after which the root block (sent first) is surely on the node, so its size can be read."""
 
 
-def _spool(client: KuboClient, cid: CID, car_path: Path) -> None:
-    """Save the DAG's CAR; its size is announced (`expect`) as soon as the node holds the root block."""
-    total = client.cumulative_size(str(cid))
+def _spool(client: KuboClient, cid: CID, car_path: Path, total: int | None) -> None:
+    """Save the DAG's CAR; its size (`total`, when the node already knew it) is announced (`expect`) as soon
+    as the node holds the root block."""
     if total is not None:
         expect(total)
     got = 0
@@ -59,9 +59,11 @@ def _check_roots(roots: list[CID], root: CID, source: str) -> None:
         raise FetchError(f"the CAR from {source} is rooted at {shown}, not at {root}")
 
 
-def _stream(client: KuboClient, gateway: str, root: CID, out: Path, timeout: float) -> bool:
-    """Write the DAG at `out` from the gateway's CAR as it streams; False when the gateway cannot serve it."""
-    total = client.cumulative_size(str(root))
+def _stream(
+    client: KuboClient, gateway: str, root: CID, out: Path, timeout: float, total: int | None
+) -> bool:
+    """Write the DAG at `out` from the gateway's CAR as it streams, announcing its size (`total`) when known;
+    False when the gateway cannot serve it."""
     source = f"the gateway {gateway} of the Kubo node at {client.api_url}"
     with open_car(gateway, str(root), timeout, source) as handle:
         if handle is None:
@@ -89,9 +91,12 @@ def fetch_cid(cid: str, dest: Path, node: NodeSettings | None = None) -> Path:
         with KuboClient.from_node(node, error=FetchError) as client:
             client.version()
             gateway = find_gateway(client)
-            streamed = gateway is not None and _stream(client, gateway, root, work / "out", node.timeout)
+            total = client.cumulative_size(str(root))
+            streamed = gateway is not None and _stream(
+                client, gateway, root, work / "out", node.timeout, total
+            )
             if not streamed:
-                _spool(client, root, work / "dag.car")
+                _spool(client, root, work / "dag.car", total)
         if not streamed:
             with CarStore.load(work / "dag.car") as store:
                 _check_roots(store.roots, root, client.api_url)
