@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from prefect_bacalhau_publish.specs import (
     S3PreSignedParams,
 )
 from prefect_bacalhau_publish.tasks import fetch_inputs, get_result
-from prefect_bacalhau_publish.testing import binary
+
+from .test_bacalhau_interop import bacalhau, tree
 
 URL = "https://s3.example.org/b/runs/j.tar.gz?X-Amz-Signature=s"
 FLAT = {
@@ -43,22 +43,6 @@ NESTED = {
     "PreSignedURL": URL,
     "Managed": False,
 }
-
-
-def bacalhau(*args: str) -> Any:
-    done = subprocess.run(
-        [str(binary("bacalhau-interop")), *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip())
-    return json.loads(done.stdout)
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    return {
-        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def presigned(params: dict[str, Any]) -> PublishedResult:
