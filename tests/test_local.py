@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import httpx
 import pytest
+import urllib3
 
 from prefect_bacalhau_publish.archive import ArchiveInfo, write_archive
 from prefect_bacalhau_publish.blocks import LocalResultServer
@@ -494,11 +495,11 @@ def test_file_name_sanitised() -> None:
 def test_expected_sha256_parsing() -> None:
     sha = hashlib.sha256(b"x").digest()
     b64 = base64.b64encode(sha).decode()
-    assert expected_sha256(httpx.Headers({"Repr-Digest": f"sha-512=:AAAA:, sha-256=:{b64}:"})) == sha
-    assert expected_sha256(httpx.Headers({"Digest": f"MD5=abc, SHA-256={b64}"})) == sha
-    assert expected_sha256(httpx.Headers({"Content-Length": "1"})) is None
+    assert expected_sha256(urllib3.HTTPHeaderDict({"Repr-Digest": f"sha-512=:AAAA:, sha-256=:{b64}:"})) == sha
+    assert expected_sha256(urllib3.HTTPHeaderDict({"Digest": f"MD5=abc, SHA-256={b64}"})) == sha
+    assert expected_sha256(urllib3.HTTPHeaderDict({"Content-Length": "1"})) is None
     with pytest.raises(FetchError, match="malformed"):
-        expected_sha256(httpx.Headers({"Repr-Digest": "sha-256=:bm90IDMyIGJ5dGVz:"}))
+        expected_sha256(urllib3.HTTPHeaderDict({"Repr-Digest": "sha-256=:bm90IDMyIGJ5dGVz:"}))
 
 
 def test_full_disk_while_fetching_leaves_dest_untouched(small_disk: tuple[Path, str]) -> None:
