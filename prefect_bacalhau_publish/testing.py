@@ -237,9 +237,32 @@ class MinioServer:
         return AwsClientParameters(verify_cert_path=self.ca_file)
 
 
+LOOPBACK_ONLY: dict[str, Any] = {
+    "Bootstrap": [],
+    "Routing.Type": "none",
+    "Discovery.MDNS.Enabled": False,
+    "AutoConf.Enabled": False,
+    "AutoTLS.Enabled": False,
+    "Swarm.RelayClient.Enabled": False,
+    "Swarm.RelayService.Enabled": False,
+    "Swarm.Transports.Network.Relay": False,
+    "Swarm.EnableHolePunching": False,
+    "Swarm.DisableNatPortMap": True,
+    "AutoNAT.ServiceMode": "disabled",
+    "HTTPRetrieval.Enabled": False,
+    "Plugins.Plugins.telemetry.Config": {"Mode": "off"},
+}
+"""`ipfs config --json` settings of an online (`KuboServer.online`) node that never reaches past 127.0.0.1: no
+bootstrap peers, no routing (DHT or HTTP routers), no mDNS, no AutoConf download, no AutoTLS, no relays
+or hole punching, no NAT port mapping, no AutoNAT service, no HTTP retrieval, no telemetry. Its swarm
+listens on one loopback port; it talks only to the peers it is told to connect to (`KuboServer.connect`)."""
+
+
 @dataclass
 class KuboServer:
-    """A Kubo (`ipfs`) daemon, offline, everything on 127.0.0.1, its repo in `repo_dir`."""
+    """A Kubo (`ipfs`) daemon, everything on 127.0.0.1, its repo in `repo_dir`: offline by default; with
+    `online`, its swarm listens on 127.0.0.1:`swarm_port` and it exchanges blocks (bitswap) only with the
+    peers it is connected to (`connect`), under `LOOPBACK_ONLY`."""
 
     repo_dir: Path
     auth: str | None = None  # Authorization header for the readiness probe, when the API requires one
@@ -247,6 +270,8 @@ class KuboServer:
     proc: subprocess.Popen[bytes] | None = None
     api_url: str = ""
     gateway_url: str = ""
+    online: bool = False  # no `--offline`: the swarm is on, loopback only (LOOPBACK_ONLY wins over `config`)
+    swarm_port: int = 0  # with `online`: the swarm's TCP port on 127.0.0.1 (0: a free one, chosen at start)
 
     @property
     def log_path(self) -> Path:
@@ -258,7 +283,8 @@ class KuboServer:
         return subprocess.run([str(binary("ipfs")), *args], env=env, capture_output=True, check=False)
 
     def start(self) -> KuboServer:
-        """Init a repo with the `test` profile on free loopback ports and start `ipfs daemon --offline`."""
+        """Init a repo with the `test` profile on free loopback ports and start `ipfs daemon` (`--offline` unless
+        `online`)."""
         if not (self.repo_dir / "config").exists():
             done = self._ipfs("init", "--profile", "test")
             if done.returncode != 0:
@@ -269,16 +295,22 @@ class KuboServer:
             "Addresses.API": f"/ip4/127.0.0.1/tcp/{api}",
             "Addresses.Gateway": f"/ip4/127.0.0.1/tcp/{gateway}",
         }
+        if self.online:
+            self.swarm_port = self.swarm_port or free_port()
+            settings |= {**LOOPBACK_ONLY, "Addresses.Swarm": [f"/ip4/127.0.0.1/tcp/{self.swarm_port}"]}
         for key, value in settings.items():
             done = self._ipfs("config", "--json", key, json.dumps(value))
             if done.returncode != 0:
                 raise ServerStartError(f"ipfs config {key} failed: {done.stderr.decode(errors='replace')}")
         (self.repo_dir / "api").unlink(missing_ok=True)
         env = {**os.environ, "IPFS_PATH": str(self.repo_dir)}
+        cmd = [str(binary("ipfs")), "daemon"]
+        if self.online:
+            env["IPFS_TELEMETRY"] = "off"
+        else:
+            cmd.append("--offline")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(binary("ipfs")), "daemon", "--offline"], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.api_url = f"http://127.0.0.1:{api}"
         self.gateway_url = f"http://127.0.0.1:{gateway}"
         headers = {"Authorization": self.auth} if self.auth else {}
@@ -295,6 +327,46 @@ class KuboServer:
         """Stop the daemon."""
         if self.proc is not None:
             _stop(self.proc)
+
+    @property
+    def peer_id(self) -> str:
+        """The node's peer ID (`Identity.PeerID` in its repo's config)."""
+        return str(json.loads((self.repo_dir / "config").read_text())["Identity"]["PeerID"])
+
+    @property
+    def swarm_multiaddr(self) -> str:
+        """`/ip4/127.0.0.1/tcp/<swarm_port>/p2p/<peer_id>`, to connect to this (`online`) node."""
+        if not self.online or not self.swarm_port:
+            raise ServerStartError("only a started online KuboServer has a swarm address")
+        return f"/ip4/127.0.0.1/tcp/{self.swarm_port}/p2p/{self.peer_id}"
+
+    def _rpc(self, path: str, **params: str) -> Any:
+        headers = {"Authorization": self.auth} if self.auth else {}
+        answer = httpx.post(
+            f"{self.api_url}/api/v0/{path}", params=params, headers=headers, timeout=30.0, trust_env=False
+        )
+        if answer.status_code != 200:
+            raise ServerStartError(f"Kubo {path} failed ({answer.status_code}): {answer.text.strip()}")
+        return answer.json()
+
+    def connect(self, other: KuboServer) -> None:
+        """`ipfs swarm connect` to `other` (an online node) on loopback."""
+        self._rpc("swarm/connect", arg=other.swarm_multiaddr)
+
+    def peers(self) -> dict[str, str]:
+        """`ipfs swarm peers`: peer ID → the multiaddr of the connection to it."""
+        answer = self._rpc("swarm/peers")
+        return {str(peer["Peer"]): str(peer["Addr"]) for peer in answer.get("Peers") or []}
+
+    def wait_for_peers(self, expected: set[str], timeout: float = 30.0) -> dict[str, str]:
+        """`peers()` once its peer IDs are exactly `expected`; AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            peers = self.peers()
+            if set(peers) == expected or time.monotonic() > deadline:
+                assert set(peers) == expected, f"{self.peer_id} is connected to {peers}, not {expected}"
+                return peers
+            time.sleep(0.05)  # poll interval; the condition is the node's own peer list
 
 
 @dataclass

@@ -81,7 +81,9 @@ def find_gateway(client: KuboClient) -> str | None:
 @contextlib.contextmanager
 def open_car(gateway: str, cid: str, timeout: float, source: str) -> Iterator[BinaryIO | None]:
     """The CAR of `cid` from `gateway` as a buffered stream, or None when the gateway cannot serve it that
-    way (unreachable, an error status, another CAR order): the caller then uses the RPC API. Transport
+    way (unreachable, an error status, another CAR order): the caller then uses the RPC API. A gateway
+    that takes the request but answers nothing within `timeout` raises FetchError naming `source`: the
+    node is looking for blocks it does not hold, and its RPC API would wait for them as long. Transport
     failures mid-stream raise FetchError naming `source`."""
     pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10.0, read=timeout))
     url = f"{gateway}/ipfs/{cid}?format=car&dag-scope=all&car-order=dfs&car-dups=y"
@@ -89,6 +91,12 @@ def open_car(gateway: str, cid: str, timeout: float, source: str) -> Iterator[Bi
         response = pool.request(
             "GET", url, headers={"Accept": CAR_TYPE}, preload_content=False, decode_content=False
         )
+    except urllib3.exceptions.ReadTimeoutError:
+        pool.clear()
+        raise FetchError(
+            f"{source} sent nothing of {cid} within {timeout:g} s (IPFSNode.timeout): the node does not hold "
+            "its blocks and got none from its peers; is a node that holds them running and connected to it?"
+        ) from None
     except urllib3.exceptions.HTTPError as exc:
         logger.debug("gateway %s unusable: %s", gateway, exc)
         yield None
@@ -119,4 +127,7 @@ class _Checked(io.BufferedReader):
         try:
             return super().read(size)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise FetchError(f"the CAR stream from {self.source} broke: {exc}") from None
+            raise FetchError(
+                f"the CAR stream from {self.source} broke: {exc} (a Kubo node ends it so when it stops, or "
+                "when it cannot get a block from its peers within its Gateway.RetrievalTimeout)"
+            ) from None

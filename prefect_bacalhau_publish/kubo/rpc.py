@@ -350,6 +350,29 @@ class KuboClient:
         size = answer.get("CumulativeSize") if isinstance(answer, dict) else None
         return size if isinstance(size, int) and size >= 0 else None
 
+    def has_block(self, cid: str) -> bool:
+        """Whether the node's own blockstore holds the block `cid` (`block/stat`, offline: never waits for the
+        network); False also when the node cannot say."""
+        try:
+            self._json("/block/stat", {"arg": cid, "offline": "true"})
+        except (IPFSPublishError, FetchError):
+            return False
+        return True
+
+    def put_raw_block(self, data: bytes) -> str:
+        """Store `data` as one raw sha2-256 block, not pinned; returns the block's CID as the node reports it."""
+        boundary = uuid.uuid4().hex
+        body = _part_header(boundary, b"block", "application/octet-stream") + data
+        body += f"\r\n--{boundary}--\r\n".encode("ascii")
+        params = {"cid-codec": "raw", "mhtype": "sha2-256", "pin": "false", "allow-big-block": "false"}
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        with self._stream("/block/put", params, content=body, headers=headers) as response:
+            items = list(self._ndjson(response, "/block/put"))
+        key = items[-1].get("Key") if items else None
+        if not isinstance(key, str):
+            raise self._error(f"Kubo at {self.api_url} did not report the CID of the block it stored")
+        return key
+
     @contextlib.contextmanager
     def dag_export(self, cid: str) -> Iterator[Iterator[bytes]]:
         """Stream the CAR (v1) of the whole DAG under `cid`."""

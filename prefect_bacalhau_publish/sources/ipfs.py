@@ -7,11 +7,17 @@ left as it was. Modes stored in the DAG are applied to what is inside the folder
 The CAR comes from the node's own gateway when it has one (`kubo.gateway`): depth-first with repeats, each
 block hash-checked and written as it streams, so the result lands once on disk. Otherwise it comes from the
 RPC API's `dag/export` (no repeats, any order): spooled beside `dest`, indexed, then written.
+
+Kubo's bitswap server never sends a zero-length block: boxo (since v0.24, still in Kubo 0.42) uses a size
+of 0 to mean "present, size not read", so a want-block for it gets DONT_HAVE. That block is every empty
+file's under raw leaves (`unixfs-v1-2025`): a DAG with an empty file, held by another node, would never
+arrive. Its content is known, so the fetching node is given it first (`_seed_empty_block`), unpinned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -34,6 +40,23 @@ __all__ = ["fetch", "fetch_cid"]
 
 _ROOT_ARRIVED = 1 << 20
 """CAR bytes after which the root block (sent first) is surely on the node, so its size can be read."""
+EMPTY_BLOCK = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+"""The zero-length raw block (sha2-256): an empty file's CID with raw leaves."""
+logger = logging.getLogger(__name__)
+
+
+def _seed_empty_block(client: KuboClient) -> None:
+    """Give the node the zero-length block unless it holds it (no peer would send it; see the module's
+    docstring). Best effort: a node that refuses `block/put` (API.Authorizations) is left as it is."""
+    if client.has_block(EMPTY_BLOCK):
+        return
+    try:
+        stored = client.put_raw_block(b"")
+    except FetchError as exc:
+        logger.debug("the empty block was not stored on %s: %s", client.api_url, exc)
+        return
+    if stored != EMPTY_BLOCK:
+        logger.debug("%s stored the empty block as %s, not %s", client.api_url, stored, EMPTY_BLOCK)
 
 
 def _spool(client: KuboClient, cid: CID, car_path: Path, total: int | None) -> None:
@@ -90,6 +113,7 @@ def fetch_cid(cid: str, dest: Path, node: NodeSettings | None = None) -> Path:
     try:
         with KuboClient.from_node(node, error=FetchError) as client:
             client.version()
+            _seed_empty_block(client)
             gateway = find_gateway(client)
             total = client.cumulative_size(str(root))
             streamed = gateway is not None and _stream(
