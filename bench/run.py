@@ -62,6 +62,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_many.py", "--counts", n, "--runs", "1"],
             ["profile_w2.py", "--files", n, "--loop", n],
             ["bench_partition.py", "--keys", n, "--runs", "3"],
+            ["bench_scaleout.py", "--jobs", "8", "--mib", "1", "--runs", "1"],
         ]
     if full:
         return [
@@ -77,6 +78,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["bench_many.py", "--counts", "1000,10000,50000", "--runs", "3"],
             ["profile_w2.py", "--files", "10000"],
             ["bench_partition.py", "--keys", "100000", "--runs", "5"],
+            ["bench_scaleout.py", "--runs", "3"],
         ]  # fmt: skip
     return [
         ["bench_archive.py", "--size-mib", "256", "--runs", "3"],
@@ -90,6 +92,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["bench_many.py", "--counts", "2000", "--runs", "3"],
         ["profile_w2.py", "--files", "2000"],
         ["bench_partition.py", "--keys", "100000", "--runs", "5"],
+        ["bench_scaleout.py", "--runs", "2"],
     ]
 
 
