@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .kubo.node import KuboNode
     from .partition import partition_objects
     from .partitioned import arun_partitioned, run_partitioned
+    from .publishers.fanout import FanOutError
+    from .reuse import REUSE
     from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath, SourceSpec
     from .tasks import fetch_inputs, get_result, publish_result, run_job
     from .tasks_async import afetch_inputs, aget_result, apublish_result, arun_job
@@ -65,12 +67,16 @@ _MODULES = {
     "partition_objects": "partition",
     "run_partitioned": "partitioned",
     "arun_partitioned": "partitioned",
+    "REUSE": "reuse",
+    "FanOutError": "publishers.fanout",
 }
 
 __all__ = [
+    "REUSE",
     "BacalhauPublishError",
     "ChecksumMismatchError",
     "ExecutionContext",
+    "FanOutError",
     "FetchError",
     "IPFSNode",
     "IPFSPublishError",

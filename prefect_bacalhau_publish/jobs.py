@@ -29,19 +29,23 @@ JobCommand = str | Sequence[str] | Callable[[Path], Any]
 
 class JobResult(BaseModel):
     """What a job left: its exit code, the published result (when it had a publisher), its context, and the
-    last few KiB of its stdout and stderr (the result's files hold them whole)."""
+    last few KiB of its stdout and stderr (the result's files hold them whole). With several publishers,
+    `published` is the first one's result and `all_published` every result in the publishers' order (with
+    one publisher, just that result)."""
 
     model_config = ConfigDict(frozen=True)
 
     exit_code: int
     published: PublishedResult | None
     context: ExecutionContext
+    all_published: tuple[PublishedResult, ...] = ()
     artifact_key: str | None = None
     name: str = "job"
     stdout_tail: str = ""
     stderr_tail: str = ""
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    reused: bool = False  # an earlier run's result, returned by `run_job(..., reuse=True)` (reuse.py)
 
 
 def fetch_all(
@@ -118,7 +122,7 @@ def _argv(command: JobCommand, payload: Path) -> str | Sequence[str]:
 def execute_job(
     command: JobCommand,
     *,
-    publisher: PublisherSpec | None,
+    publisher: PublisherSpec | Sequence[PublisherSpec] | None,
     context: ExecutionContext,
     inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
@@ -141,6 +145,8 @@ def execute_job(
     their output lines as they come. The command sees `INPUTS`/`OUTPUTS` variables pointing at those folders, and the context's ids.
     With `restamp`, the context's `published_at` is set to the moment of publishing. `partition`
     `(index, count)` is this execution's place among the job's (`BACALHAU_PARTITION_INDEX`/`_COUNT`).
+    A list of publishers publishes to all of them in one pass (`publishers.fanout.publish_many`, which raises
+    `FanOutError` carrying the results published when any of them fails).
     """
     names = [path.name for path in result_paths]
     if len(set(names)) != len(names):
@@ -196,14 +202,25 @@ def execute_job(
             else:
                 target.mkdir()
         published = None
+        all_published: tuple[PublishedResult, ...] = ()
         if publisher is not None:
             if restamp:
                 context = context.model_copy(update={"published_at": datetime.now(UTC)})
-            published = publish_to(results, publisher, context, s3=s3, ipfs=ipfs, local=local)
+            if isinstance(publisher, PublisherSpec):
+                published = publish_to(results, publisher, context, s3=s3, ipfs=ipfs, local=local)
+                all_published = (published,)
+            else:
+                from .publishers.fanout import publish_many
+
+                all_published = tuple(
+                    publish_many(results, publisher, context, s3=s3, ipfs=ipfs, local=local)
+                )
+                published = all_published[0]
         return JobResult(
             exit_code=code,
             published=published,
             context=context,
+            all_published=all_published,
             name=job_name(command, name),
             stdout_tail=tails.stdout_tail.decode("utf-8", "replace"),
             stderr_tail=tails.stderr_tail.decode("utf-8", "replace"),

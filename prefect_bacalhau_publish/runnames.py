@@ -20,9 +20,12 @@ def _parameters() -> Mapping[str, Any]:
 
 
 def target_text(spec: Any) -> str:
-    """A publisher spec (any form a task takes) as a short target: `s3://bucket/key`, `ipfs`, `local`."""
+    """A publisher spec (any form a task takes) as a short target: `s3://bucket/key`, `ipfs`, `local`;
+    a list of them joined with ` + `."""
     if spec is None:
         return "no publisher"
+    if isinstance(spec, list | tuple):
+        return " + ".join(target_text(one) for one in spec) or "no publisher"
     try:
         from .tasks import as_publisher
 

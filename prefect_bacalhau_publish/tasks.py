@@ -16,13 +16,15 @@ from prefect.logging.handlers import APILogHandler
 from .artifacts import artifact_key, job_artifact_key, record_result
 from .blocks import IPFSNode, LocalResultServer, S3Storage, S3Target
 from .dispatch import dispatching
-from .errors import PublishError
+from .errors import PublishError, SpecError
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult, execute_job, fetch_all, job_name
 from .parse import validate_spec
 from .presign import presign
 from .process import OutputLog
 from .publishers import publish_to
+from .publishers.fanout import FanOutError, publish_many
 from .resolve import fetch_result, resolve_result
+from .reuse import REUSE_WHEN_ASKED
 from .runnames import fetch_inputs_name, get_result_name, publish_result_name, run_job_name
 from .s3errors import is_transient
 from .specs import (
@@ -82,8 +84,14 @@ TRANSFER_OPTIONS: dict[str, Any] = {
     "retry_condition_fn": retry_transient,
 }
 """Task options of publish/fetch/get and their async twins: no cache, retries on transient failures only."""
-JOB_OPTIONS: dict[str, Any] = {**TRANSFER_OPTIONS, "retries": 1, "retry_delay_seconds": [2]}
-"""Task options of `run_job` and `arun_job`: one retry (a job may be costly to run again)."""
+JOB_OPTIONS: dict[str, Any] = {
+    **TRANSFER_OPTIONS,
+    "retries": 1,
+    "retry_delay_seconds": [2],
+    "cache_policy": REUSE_WHEN_ASKED,
+}
+"""Task options of `run_job` and `arun_job`: one retry (a job may be costly to run again); cached only when
+a call says `reuse=True` (reuse.py; the policy makes Prefect persist results, as caching needs)."""
 
 
 def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec:
@@ -93,6 +101,40 @@ def as_publisher(spec: PublisherSpec | Mapping[str, Any] | str) -> PublisherSpec
     if isinstance(spec, str):
         return parse_publisher_string(spec)
     return validate_spec(PublisherSpec, spec, "invalid publisher")
+
+
+PublisherArg = PublisherSpec | Mapping[str, Any] | str
+
+
+def as_publishers(spec: PublisherArg | Sequence[PublisherArg]) -> PublisherSpec | list[PublisherSpec]:
+    """`as_publisher` of one spec; of a list (or tuple) of specs, the list of them (SpecError when empty)."""
+    if isinstance(spec, PublisherSpec | Mapping | str):
+        return as_publisher(spec)
+    specs = [as_publisher(one) for one in spec]
+    if not specs:
+        raise SpecError("the list of publishers is empty: give at least one (or None: no publish)")
+    return specs
+
+
+def _record_each(
+    results: Sequence[PublishedResult | None],
+    context: ExecutionContext,
+    *,
+    s3: S3Target | None,
+    ipfs: IPFSNode | None,
+    name: str | None = None,
+) -> str | None:
+    """`record_published` for each result of several publishers (None: that one failed), so each gets its
+    artifacts and event: the first target's under the usual key (returned), the n-th's under `KEY-n-type`."""
+    first = None
+    for position, result in enumerate(results):
+        if result is None:
+            continue
+        _logger().info("published: %s", result.model_dump_json(by_alias=True, exclude_none=True))
+        suffix = f"{position + 1}-{result.type.lower()}" if position else None
+        key = record_published(result, context, s3=s3, ipfs=ipfs, name=name, key_suffix=suffix)
+        first = key if position == 0 else first
+    return first
 
 
 def _presign(result: PublishedResult, s3: S3Target | None) -> str | None:
@@ -127,12 +169,17 @@ def record_published(
     ipfs: IPFSNode | None = None,
     title: str | None = None,
     name: str | None = None,
+    key_suffix: str | None = None,
 ) -> str | None:
     """Record the result as table + link artifacts when running inside Prefect; returns the artifact key.
 
     With a job `name`, the key is the flow's and the job's (`bacalhau-FLOW-JOB`), so every run of the flow adds
-    a version to the same artifact; without one, the key is the job ID's (`bacalhau-j-…`).
+    a version to the same artifact; without one, the key is the job ID's (`bacalhau-j-…`). Emits the
+    `bacalhau.result.published` event first (events.py: inside a run, or outside one with an API configured).
     """
+    from .events import emit_published
+
+    emit_published(result, context, job_name=name)
     if TaskRunContext.get() is None:
         from prefect.context import FlowRunContext
 
@@ -140,6 +187,8 @@ def record_published(
             return None
     flow_name = _flow_name() if name else None
     key = job_artifact_key(flow_name, name) if flow_name and name else artifact_key(context.job_id)
+    if key_suffix:  # one of several publishers' results (lower-case letters, digits, dashes)
+        key = f"{key[: 199 - len(key_suffix)]}-{key_suffix}"
     gateway = ipfs.gateway_url if ipfs is not None else None
     record_result(
         result,
@@ -159,27 +208,38 @@ def record_published(
 )
 def publish_result(
     result_dir: Path | str,
-    spec: PublisherSpec | Mapping[str, Any] | str,
+    spec: PublisherArg | Sequence[PublisherArg],
     *,
     context: ExecutionContext | None = None,
     s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
-) -> PublishedResult:
+) -> PublishedResult | list[PublishedResult]:
     """Publish a result folder with the publisher `spec` names; records the artifacts; returns the result spec.
 
-    `spec` is a PublisherSpec, its JSON object, or Bacalhau's CLI syntax (`s3://bucket/key,opt=...`).
+    `spec` is a PublisherSpec, its JSON object, or Bacalhau's CLI syntax (`s3://bucket/key,opt=...`). A list
+    of them publishes to every one in one pass and returns the list of results in the same order
+    (`publishers.fanout`); when any target fails, the others' results are kept, recorded, and carried by the
+    `FanOutError` raised.
     """
-    spec = as_publisher(spec)
+    spec = as_publishers(spec)
     context = context or ExecutionContext.current()
     log = _logger()
     log.info(
         "publishing %s to %s (job %s, execution %s)",
         result_dir,
-        spec.type,
+        ", ".join(s.type for s in spec) if isinstance(spec, list) else spec.type,
         context.job_id,
         context.execution_id,
     )
+    if isinstance(spec, list):
+        try:
+            results = publish_many(Path(result_dir), spec, context, s3=s3, ipfs=ipfs, local=local)
+        except FanOutError as exc:
+            _record_each(exc.results, context, s3=s3, ipfs=ipfs)
+            raise
+        _record_each(results, context, s3=s3, ipfs=ipfs)
+        return results
     result = publish_to(Path(result_dir), spec, context, s3=s3, ipfs=ipfs, local=local)
     log.info("published: %s", result.model_dump_json(by_alias=True, exclude_none=True))
     record_published(result, context, s3=s3, ipfs=ipfs)
@@ -255,7 +315,7 @@ def get_result(
 def run_job(
     command: JobCommand,
     *,
-    publisher: PublisherSpec | Mapping[str, Any] | str | None,
+    publisher: PublisherArg | Sequence[PublisherArg] | None,
     inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
     env: Mapping[str, str] | None = None,
@@ -270,6 +330,7 @@ def run_job(
     log_output: bool | int = True,
     allowed_local_paths: Sequence[str] | None = None,
     partition: tuple[int, int] = (0, 1),
+    reuse: bool = False,
 ) -> JobResult:
     """Run a job (SPEC §2): inputs materialised, `command` run, results laid out as Bacalhau does, published.
 
@@ -279,9 +340,13 @@ def run_job(
     Results are published also for a non-zero exit code (as Bacalhau does); with `fail_on_nonzero` the task
     then fails after publishing. `partition` `(index, count)` makes this one of a job's `count` executions:
     an S3 prefix input gives only its share, and the job sees `BACALHAU_PARTITION_INDEX`/`_COUNT`
-    (`run_partitioned` runs all of them).
+    (`run_partitioned` runs all of them). With a list of publishers, the result goes to each in one pass:
+    `published` is the first one's, `all_published` all of them in order (`publishers.fanout`).
+    With `reuse`, a job whose command, env, result paths, publisher spec and inputs' content are unchanged
+    and whose earlier published result still verifies is not run: that earlier `JobResult` comes back,
+    marked `reused` (Prefect's cache; reuse.py).
     """
-    publisher = as_publisher(publisher) if publisher is not None else None
+    publisher = as_publishers(publisher) if publisher is not None else None
     context = ExecutionContext.current(job_id=job_id, node_id=node_id)
     name = job_name(command, name)
     log = _logger()
@@ -296,27 +361,30 @@ def run_job(
     )
     lines = _line_limit(log_output)
     output_log = OutputLog(_output_logger(log), name, max_lines=lines) if lines else None
-    job = execute_job(
-        command,
-        publisher=publisher,
-        context=context,
-        inputs=inputs,
-        result_paths=result_paths,
-        env=env,
-        timeout=timeout,
-        s3=s3,
-        ipfs=ipfs,
-        local=local,
-        name=name,
-        log=output_log,
-        allowed_local_paths=allowed_local_paths,
-        partition=partition,
-    )
+    try:
+        job = execute_job(
+            command,
+            publisher=publisher,
+            context=context,
+            inputs=inputs,
+            result_paths=result_paths,
+            env=env,
+            timeout=timeout,
+            s3=s3,
+            ipfs=ipfs,
+            local=local,
+            name=name,
+            log=output_log,
+            allowed_local_paths=allowed_local_paths,
+            partition=partition,
+        )
+    except FanOutError as exc:  # what was published still gets its artifacts and event
+        _record_each(exc.results, context, s3=s3, ipfs=ipfs, name=name)
+        raise
     context = job.context
     log.info("job %s: %s exited with %d", name, context.job_id, job.exit_code)
     if job.published is not None:
-        log.info("published: %s", job.published.model_dump_json(by_alias=True, exclude_none=True))
-        key = record_published(job.published, context, s3=s3, ipfs=ipfs, name=name)
+        key = _record_each(job.all_published or (job.published,), context, s3=s3, ipfs=ipfs, name=name)
         job = job.model_copy(update={"artifact_key": key})
     job = job.model_copy(update=_ids())
     if fail_on_nonzero and job.exit_code != 0:

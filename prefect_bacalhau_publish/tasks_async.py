@@ -17,7 +17,7 @@ from prefect import task
 from . import runnames, tasks
 from .blocks import IPFSNode, LocalResultServer, S3Target
 from .jobs import DEFAULT_RESULT_PATHS, JobCommand, JobResult
-from .specs import ExecutionContext, InputSource, PublishedResult, PublisherSpec, ResultPath
+from .specs import ExecutionContext, InputSource, PublishedResult, ResultPath
 
 __all__ = ["afetch_inputs", "aget_result", "apublish_result", "arun_job"]
 
@@ -25,14 +25,14 @@ __all__ = ["afetch_inputs", "aget_result", "apublish_result", "arun_job"]
 @task(name="publish_result", task_run_name=runnames.publish_result_name, **tasks.TRANSFER_OPTIONS)
 async def apublish_result(
     result_dir: Path | str,
-    spec: PublisherSpec | Mapping[str, Any] | str,
+    spec: tasks.PublisherArg | Sequence[tasks.PublisherArg],
     *,
     context: ExecutionContext | None = None,
     s3: S3Target | None = None,
     ipfs: IPFSNode | None = None,
     local: LocalResultServer | None = None,
-) -> PublishedResult:
-    """Awaitable `publish_result`."""
+) -> PublishedResult | list[PublishedResult]:
+    """Awaitable `publish_result` (one spec, or a list of them: `publishers.fanout`)."""
     return await asyncio.to_thread(
         tasks.publish_result.fn, result_dir, spec, context=context, s3=s3, ipfs=ipfs, local=local
     )
@@ -86,7 +86,7 @@ async def aget_result(
 async def arun_job(
     command: JobCommand,
     *,
-    publisher: PublisherSpec | Mapping[str, Any] | str | None,
+    publisher: tasks.PublisherArg | Sequence[tasks.PublisherArg] | None,
     inputs: Sequence[InputSource | Mapping[str, Any] | str] = (),
     result_paths: Sequence[ResultPath] = DEFAULT_RESULT_PATHS,
     env: Mapping[str, str] | None = None,
@@ -101,6 +101,7 @@ async def arun_job(
     log_output: bool | int = True,
     allowed_local_paths: Sequence[str] | None = None,
     partition: tuple[int, int] = (0, 1),
+    reuse: bool = False,
 ) -> JobResult:
     """Awaitable `run_job`: the job runs in its own process (a command, or a callable), awaited off the loop."""
     return await asyncio.to_thread(
@@ -121,4 +122,5 @@ async def arun_job(
         log_output=log_output,
         allowed_local_paths=allowed_local_paths,
         partition=partition,
+        reuse=reuse,
     )

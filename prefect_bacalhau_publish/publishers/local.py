@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 
 if TYPE_CHECKING:
     from ..blocks import LocalResultServer
+    from .fanout import ArchiveWriter
 
 __all__ = ["archive_name", "publish"]
 
@@ -48,9 +50,16 @@ def archive_name(execution_id: str) -> str:
 
 
 def publish(
-    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: LocalResultServer | None
+    result_dir: Path,
+    spec: PublisherSpec,
+    context: ExecutionContext,
+    target: LocalResultServer | None,
+    *,
+    archive: ArchiveWriter | None = None,
 ) -> PublishedResult:
-    """Write `result_dir`'s archive into the storage folder and return its `urlDownload` result."""
+    """Write `result_dir`'s archive into the storage folder and return its `urlDownload` result.
+
+    `archive` writes it instead of `write_archive` (`fanout`: one archive, several targets)."""
     if spec.type != "local":
         raise LocalPublishError(f"invalid publisher type. expected local, but received: {spec.type}")
     name = archive_name(context.execution_id)
@@ -65,7 +74,7 @@ def publish(
             storage.chmod(0o700)  # whatever the umask, as Bacalhau creates it
     except OSError as exc:
         raise LocalPublishError(f"cannot create the storage folder {storage}: {exc.strerror}") from None
-    info = _write(result_dir, storage, name)
+    info = _write(result_dir, storage, name, archive)
     url = f"{base_url}/{name}"
     logger.info(
         "published %s (%d bytes, sha256 %s) in %.2fs",
@@ -87,14 +96,15 @@ def _explain(exc: OSError, storage: Path) -> str:
     return exc.strerror or str(exc)
 
 
-def _write(result_dir: Path, storage: Path, name: str) -> ArchiveInfo:
+def _write(result_dir: Path, storage: Path, name: str, archive: ArchiveWriter | None = None) -> ArchiveInfo:
     """Write archive then sidecar under temp names, fsync, rename both into place; clean up on failure."""
+    write = archive if archive is not None else partial(write_archive, result_dir)
     temps: list[str] = []
     try:
         fd, archive_tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=storage)
         temps.append(archive_tmp)
         with open(fd, "wb", buffering=0) as out:
-            info = write_archive(result_dir, out)
+            info = write(out)
             os.fsync(out.fileno())
         fd, sidecar_tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".sha256.tmp", dir=storage)
         temps.append(sidecar_tmp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from ..blocks import S3Target
+    from .fanout import ArchiveWriter
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
@@ -40,9 +42,17 @@ __all__ = ["publish"]
 
 
 def publish(
-    result_dir: Path, spec: PublisherSpec, context: ExecutionContext, target: S3Target | None
+    result_dir: Path,
+    spec: PublisherSpec,
+    context: ExecutionContext,
+    target: S3Target | None,
+    *,
+    archive: ArchiveWriter | None = None,
 ) -> PublishedResult:
-    """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec."""
+    """Publish `result_dir` as Bacalhau's S3 publisher does and return the published result spec.
+
+    `archive` writes the gzip encoding's tar.gz instead of `write_archive` (`fanout`: one archive, several
+    targets)."""
     params = spec.s3
     key = render_key(params.key, context=context, archive=params.archived)
     check_bucket(params.bucket)
@@ -55,7 +65,7 @@ def publish(
     _abort_pending(client, endpoint, params.bucket)
     try:
         if params.archived:
-            out.update(_upload_archive(client, storage, result_dir, params.bucket, key, endpoint))
+            out.update(_upload_archive(client, storage, result_dir, params.bucket, key, endpoint, archive))
         else:
             count, checksum = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
             out["ChecksumSHA256"] = checksum
@@ -109,7 +119,13 @@ _PARTS_IN_FLIGHT = 2
 
 
 def _upload_archive(
-    client: S3Client, storage: S3Access, result_dir: Path, bucket: str, key: str, endpoint: str | None
+    client: S3Client,
+    storage: S3Access,
+    result_dir: Path,
+    bucket: str,
+    key: str,
+    endpoint: str | None,
+    archive: ArchiveWriter | None = None,
 ) -> dict[str, Any]:
     """Stream the deterministic tar.gz to S3 while it is written, and verify the checksum S3 stored.
 
@@ -119,10 +135,11 @@ def _upload_archive(
     """
     in_flight = min(_PARTS_IN_FLIGHT, storage.max_concurrency)
     sink = PartSink(storage.multipart_chunksize, in_flight + 1)
+    write = archive if archive is not None else partial(write_archive, result_dir)
 
     def produce() -> None:
         try:
-            write_archive(result_dir, sink, digest=False)  # type: ignore[arg-type]
+            write(sink, digest=False)  # type: ignore[arg-type]
             sink.finish()
         except BaseException as exc:  # handed to the uploader, which raises it
             sink.fail(exc)

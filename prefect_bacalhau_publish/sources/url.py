@@ -155,7 +155,8 @@ def _download(url: str, out: BinaryIO) -> int:
         raise FetchError(
             f"cannot connect to {url}: {exc}. The result server may be down or have moved to another "
             "address: start it (prefect-bacalhau serve), or rewrite the URL with "
-            "prefect_bacalhau_publish.readdress.readdress()"
+            "`prefect-bacalhau readdress OLD NEW SPEC.json` "
+            "(in Python, prefect_bacalhau_publish.readdress.readdress())"
         ) from None
     except ConnectTimeoutError as exc:
         raise FetchError(f"timed out downloading {url}: {exc!r}") from None
