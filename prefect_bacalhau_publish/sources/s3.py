@@ -12,14 +12,13 @@ import hashlib
 import logging
 import os
 import re
-import ssl
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import httpx
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
@@ -174,18 +173,24 @@ def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) 
 
 
 def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool | str) -> None:
-    """GET the presigned URL into `out`, checking its length and ChecksumSHA256 as the bytes pass."""
+    """GET the presigned URL into `out`, checking its length and ChecksumSHA256 as the bytes pass (urllib3:
+    1.0 s of CPU per GiB against httpx's 2.7 s, see sources/url.py)."""
     where = f"s3://{params.bucket}/{params.key}"
     got = 0
+    tls: dict[str, Any] = {"ca_certs": verify} if isinstance(verify, str) else {}
+    if verify is False:
+        tls = {"cert_reqs": "CERT_NONE"}
+    pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10.0, read=60.0), **tls)
     try:
-        tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        with httpx.stream("GET", params.pre_signed_url, timeout=60, trust_env=False, verify=tls) as response:
-            if response.status_code != 200:
+        response = pool.request("GET", params.pre_signed_url, redirect=False, preload_content=False)
+        try:
+            if response.status != 200:
                 raise FetchError(
                     f"fetch {where} through its presigned URL failed: "
-                    + _refusal(response.status_code, response.read()[:65536], where)
+                    + _refusal(response.status, response.read(65536), where)
                 )
-            expected = int(response.headers.get("content-length", -1))
+            length = response.headers.get("content-length", "")
+            expected = int(length) if length.isdigit() else -1
             if expected >= 0:
                 expect(expected)
             verifier = None
@@ -196,16 +201,20 @@ def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool |
                         "multipart checksum needs"
                     )
                 verifier = ChecksumVerifier(params.checksum_sha256, expected if expected >= 0 else None)
-            for chunk in response.iter_bytes(_CHUNK):
+            while chunk := response.read1(_CHUNK):
                 write_sliced(out, chunk)
                 got += len(chunk)
                 if verifier is not None:
                     verifier.update(chunk)
                 advance(len(chunk))
-    except httpx.HTTPError as exc:
+        finally:
+            response.close()
+    except urllib3.exceptions.HTTPError as exc:
         raise FetchError(
             f"fetch {where} through its presigned URL failed: {type(exc).__name__}: {exc}"
         ) from None
+    finally:
+        pool.clear()
     if expected >= 0 and got != expected:
         raise FetchError(f"fetch {where} was cut short: {got} of {expected} bytes")
     if verifier is not None and not verifier.matches():
