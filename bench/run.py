@@ -16,6 +16,9 @@ bench_ipfs.py publishes to and gets from Kubo against `ipfs add -r` / `ipfs get`
 whole commands, issue 20).
 bench_partition.py lists a 100 000-key prefix and keeps one execution's share (W10, issue 21), against
 listing alone with boto3's paginator.
+bench_scaleout.py runs 32 jobs on prefect-dask's DaskTaskRunner against the thread runner (W11, jobs per
+minute, issue 17); bench_fanout.py publishes to S3 + local + IPFS in one pass against the three one after
+the other (F1, issue 16).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["profile_w2.py", "--files", n, "--loop", n],
             ["bench_partition.py", "--keys", n, "--runs", "3"],
             ["bench_scaleout.py", "--jobs", "8", "--mib", "1", "--runs", "1"],
+            ["bench_fanout.py", "--size-mib", s, "--runs", "1"],
         ]
     if full:
         return [
@@ -79,6 +83,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
             ["profile_w2.py", "--files", "10000"],
             ["bench_partition.py", "--keys", "100000", "--runs", "5"],
             ["bench_scaleout.py", "--runs", "3"],
+            ["bench_fanout.py", "--size-mib", "1024", "--runs", "3"],
         ]  # fmt: skip
     return [
         ["bench_archive.py", "--size-mib", "256", "--runs", "3"],
@@ -93,6 +98,7 @@ def plan(full: bool, size: int | None, files: int | None) -> list[list[str]]:
         ["profile_w2.py", "--files", "2000"],
         ["bench_partition.py", "--keys", "100000", "--runs", "5"],
         ["bench_scaleout.py", "--runs", "2"],
+        ["bench_fanout.py", "--size-mib", "256", "--runs", "3"],
     ]
 
 
