@@ -33,7 +33,7 @@ app = App(
     suppress_keyboard_interrupt=False,  # main() reports Ctrl-C: one line, exit 130
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # a path or URL stays on one line, whatever the terminal's width
 
 _MERGE_APPEND = ("stdout", "stderr", "exitCode")
 _SPEC_SUFFIXES = (".json", ".yaml", ".yml")
