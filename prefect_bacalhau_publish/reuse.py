@@ -267,13 +267,13 @@ def _s3_identity(params: S3Params, s3: Any) -> dict[str, Any]:
             raise NoIdentity("the key is a folder marker, listed as a prefix when fetched")
         return shape | {"object": _object_identity(head), **_object_naming(params)}
     client = s3_access(s3).get_client(params.endpoint, params.region)
-    if source._has_manifest(params):
-        objects = source._from_manifest(client, params)
+    if source.has_manifest(params):
+        objects = source.objects_from_manifest(client, params)
         files = sorted([o.key[len(params.key) :], o.sha256, o.size, o.mode, o.is_dir] for o in objects)
         return shape | {"manifest": files}
-    listed = source._explode_key(client, params)
+    listed = source.explode_key(client, params)
     entries = sorted(
-        [str(source._relative(o.key, params.key)), o.is_dir, (o.etag or "").strip('"'), o.size]
+        [str(source.relative_key(o.key, params.key)), o.is_dir, (o.etag or "").strip('"'), o.size]
         for o in listed
     )
     return shape | {"listing": entries}
@@ -437,9 +437,9 @@ def _verify_s3(params: S3Params, s3: Any) -> str:
             )
         return f"{where} is there (ChecksumSHA256 {got})" if got else f"{where} is there"
     wanted: dict[str, tuple[int, str | None]] = {}
-    if source._has_manifest(params):
+    if source.has_manifest(params):
         try:
-            objects = source._from_manifest(client, params)
+            objects = source.objects_from_manifest(client, params)
         except Exception as exc:
             raise Stale(f"the manifest of {where} does not verify ({exc})") from None
         wanted = {o.key: (o.size, o.etag) for o in objects if not o.is_dir}
@@ -464,16 +464,9 @@ def _verify_ipfs(cid: str, ipfs: Any) -> str:
 
     node = ipfs if ipfs is not None else KuboNode()
     with KuboClient.from_node(node, error=FetchError) as client:
-        try:
-            answer = client._json("/pin/ls", {"arg": cid, "type": "all"})
-        except FetchError as exc:
-            if "not pinned" in str(exc):
-                raise Stale(f"{cid} is no longer pinned on the node at {client.api_url}") from None
-            raise
-    keys = answer.get("Keys") if isinstance(answer, dict) else None
-    if not isinstance(keys, dict) or not keys:
+        kind = client.pin_type(cid)
+    if kind is None:
         raise Stale(f"{cid} is no longer pinned on the node at {client.api_url}")
-    kind = next(iter(keys.values())).get("Type", "pinned")
     return f"{cid} is pinned ({kind})"
 
 

@@ -77,8 +77,10 @@ def test_pin_cat_and_dag_export(kubo: KuboServer, tree: Path, tmp_path: Path) ->
     with KuboClient(kubo.api_url) as client:
         cid = client.add_folder(tree, add_flags(V1, pin=False))
         assert cid not in ipfs(kubo, "pin", "ls", "--type=recursive")
+        assert client.pin_type(cid) is None
         client.pin_add(cid)
         assert cid in ipfs(kubo, "pin", "ls", "--type=recursive")
+        assert client.pin_type(cid) == "recursive"
         with client.cat(f"{cid}/nested/a+b") as chunks:
             assert b"".join(chunks) == b"a+b"
         with client.dag_export(cid) as chunks, open(tmp_path / "dag.car", "wb") as handle:

@@ -350,6 +350,19 @@ class KuboClient:
         size = answer.get("CumulativeSize") if isinstance(answer, dict) else None
         return size if isinstance(size, int) and size >= 0 else None
 
+    def pin_type(self, cid: str) -> str | None:
+        """How the node pins `cid` (`recursive`, `direct`, `indirect through …`), or None when it does not."""
+        try:
+            answer = self._json("/pin/ls", {"arg": cid, "type": "all"})
+        except (IPFSPublishError, FetchError) as exc:
+            if "not pinned" in str(exc):
+                return None
+            raise
+        keys = answer.get("Keys") if isinstance(answer, dict) else None
+        if not isinstance(keys, dict) or not keys:
+            return None
+        return str(next(iter(keys.values())).get("Type", "pinned"))
+
     def has_block(self, cid: str) -> bool:
         """Whether the node's own blockstore holds the block `cid` (`block/stat`, offline: never waits for the
         network); False also when the node cannot say."""

@@ -41,13 +41,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("prefect_bacalhau_publish.s3")
 
-__all__ = ["download_verified", "fetch"]
+__all__ = [
+    "ListedObject",
+    "download_verified",
+    "explode_key",
+    "fetch",
+    "has_manifest",
+    "objects_from_manifest",
+    "relative_key",
+]
 
 _CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class _Object:
+class ListedObject:
     key: str
     etag: str | None = None
     version_id: str | None = None
@@ -75,8 +83,8 @@ def fetch(
         with beside(dest, ".s3-input-") as tmp:
             staging = tmp / "content"
             staging.mkdir()
-            manifested = _has_manifest(params)
-            listed = _from_manifest(client, params) if manifested else _explode_key(client, params)
+            manifested = has_manifest(params)
+            listed = objects_from_manifest(client, params) if manifested else explode_key(client, params)
             objects = _share(listed, params, partition)
             expect(sum(obj.size for obj in objects))
             if params.extract and not params.is_prefix:
@@ -127,7 +135,7 @@ def fetch(
     return dest
 
 
-def _share(objects: list[_Object], params: S3Params, partition: tuple[int, int]) -> list[_Object]:
+def _share(objects: list[ListedObject], params: S3Params, partition: tuple[int, int]) -> list[ListedObject]:
     """The objects execution `index` of `count` fetches (`partition.partition_objects`); with one execution
     all of them, folder markers included (they become empty folders)."""
     index, count = partition
@@ -243,7 +251,7 @@ def _refusal(status: int, body: bytes, where: str) -> str:
     return said
 
 
-def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
+def explode_key(client: S3Client, params: S3Params) -> list[ListedObject]:
     """The objects an S3 source names, exactly as Bacalhau's `explodeKey` decides."""
     if not params.is_prefix:
         request: dict[str, Any] = {"Bucket": params.bucket, "Key": params.key}
@@ -264,18 +272,22 @@ def _explode_key(client: S3Client, params: S3Params) -> list[_Object]:
             )
         if not str(head.get("ContentType", "")).startswith("application/x-directory"):
             return [
-                _Object(params.key, head.get("ETag"), params.version_id, size=head.get("ContentLength", 0))
+                ListedObject(
+                    params.key, head.get("ETag"), params.version_id, size=head.get("ContentLength", 0)
+                )
             ]
     prefix = params.key.rstrip("*")
     pattern = _filter(params)
-    found: list[_Object] = []
+    found: list[ListedObject] = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=params.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
                 if pattern is not None and not pattern.search(key[len(prefix) :]):
                     continue
-                found.append(_Object(key, item.get("ETag"), None, key.endswith("/"), item.get("Size", 0)))
+                found.append(
+                    ListedObject(key, item.get("ETag"), None, key.endswith("/"), item.get("Size", 0))
+                )
     except ClientError as exc:
         if not is_denied(exc):
             raise
@@ -302,12 +314,12 @@ def _filter(params: S3Params) -> Any:
         ) from None
 
 
-def _has_manifest(params: S3Params) -> bool:
+def has_manifest(params: S3Params) -> bool:
     """A prefix (`.../`) with a ChecksumSHA256: one of our plain results, verified through its manifest."""
     return bool(params.checksum_sha256) and params.key.endswith("/") and not params.extract
 
 
-def _from_manifest(client: S3Client, params: S3Params) -> list[_Object]:
+def objects_from_manifest(client: S3Client, params: S3Params) -> list[ListedObject]:
     """The objects the plain result's manifest lists (Filter applied), after checking the manifest against
     the spec's ChecksumSHA256. Needs only s3:GetObject: nothing is listed."""
     key = manifest_key(params.key)
@@ -331,19 +343,19 @@ def _from_manifest(client: S3Client, params: S3Params) -> list[_Object]:
     manifest = Manifest.from_bytes(data, where)
     pattern = _filter(params)
     files = [
-        _Object(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
+        ListedObject(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
         for e in manifest.entries
         if pattern is None or pattern.search(e.path)
     ]
     folders = [
-        _Object(params.key + f + "/", is_dir=True)
+        ListedObject(params.key + f + "/", is_dir=True)
         for f in manifest.folders
         if pattern is None or pattern.search(f + "/")
     ]
     return files + folders
 
 
-def _relative(key: str, source_key: str) -> PurePosixPath:
+def relative_key(key: str, source_key: str) -> PurePosixPath:
     """Key relative to the source key's folder (Bacalhau trims the prefix up to its last `/`); refuses escapes."""
     prefix_tokens = source_key.rstrip("*").split("/")
     tokens = key.split("/")
@@ -360,11 +372,11 @@ def _relative(key: str, source_key: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def _plan(params: S3Params, objects: list[_Object], staging: Path) -> list[tuple[_Object, Path]]:
+def _plan(params: S3Params, objects: list[ListedObject], staging: Path) -> list[tuple[ListedObject, Path]]:
     """Each file object with its path under `staging` (folders made, folder markers created as folders)."""
-    plan: list[tuple[_Object, Path]] = []
+    plan: list[tuple[ListedObject, Path]] = []
     for obj in objects:
-        plan.append((obj, staging.joinpath(*_relative(obj.key, params.key).parts)))
+        plan.append((obj, staging.joinpath(*relative_key(obj.key, params.key).parts)))
     files = [(obj, path) for obj, path in plan if not obj.is_dir]
     for obj, path in plan:
         if obj.is_dir:
@@ -378,12 +390,12 @@ def _plan(params: S3Params, objects: list[_Object], staging: Path) -> list[tuple
 
 
 def _download_all(
-    client: S3Client, params: S3Params, objects: list[_Object], staging: Path, workers: int
+    client: S3Client, params: S3Params, objects: list[ListedObject], staging: Path, workers: int
 ) -> None:
     files = _plan(params, objects, staging)
     checksum = params.checksum_sha256 if not params.is_prefix else None
 
-    def download(item: tuple[_Object, Path]) -> None:
+    def download(item: tuple[ListedObject, Path]) -> None:
         obj, path = item
         with open(path, "wb") as out:
             mode = download_verified(client, params.bucket, obj, out, checksum, as_stored=checksum is None)
@@ -397,7 +409,7 @@ def _download_all(
 def download_verified(
     client: S3Client,
     bucket: str,
-    obj: _Object,
+    obj: ListedObject,
     out: BinaryIO,
     checksum: str | None,
     *,
