@@ -29,6 +29,8 @@ MULTIPART_CHUNKSIZE = 16 * MiB
 MAX_CONCURRENCY = 8
 PRESIGN_EXPIRY = timedelta(hours=1)
 _CLIENT_LOCK = threading.Lock()
+QUICK_READ_TIMEOUT = 10
+"""Seconds a clean-up call (`get_client(quick=True)`) waits for an answer, per try."""
 
 
 class S3Access:
@@ -44,9 +46,14 @@ class S3Access:
         max_concurrency: int
         _clients: dict[tuple[Any, ...], tuple[Any, S3Client]]
 
-    def get_client(self, endpoint: str | None = None, region: str | None = None) -> S3Client:
+    def get_client(
+        self, endpoint: str | None = None, region: str | None = None, *, quick: bool = False
+    ) -> S3Client:
         """A boto3 S3 client from the nested credentials; `endpoint`/`region` override the block's.
 
+        `quick`: a client for clean-up calls (aborting a multipart upload) that gives up after
+        `QUICK_READ_TIMEOUT` seconds and one retry, instead of botocore's 60 s and three retries, so a store
+        that holds the call (MinIO without its write quorum) does not hold the caller's error for minutes.
         Clients are thread-safe and costly to build, so one per setting is kept on this block.
         """
         key = (
@@ -54,11 +61,12 @@ class S3Access:
             region or self.region_name,
             id(self.credentials),
             self.max_concurrency,
+            quick,
         )
         with _CLIENT_LOCK:
             cached = self._clients.get(key)
             if cached is None or cached[0] is not self.credentials:
-                cached = self._clients[key] = (self.credentials, self._new_client(endpoint, region))
+                cached = self._clients[key] = (self.credentials, self._new_client(endpoint, region, quick))
             return cached[1]
 
     def _session(self) -> Any:
@@ -86,7 +94,7 @@ class S3Access:
         region = region or self.region_name or credentials_region or self._session().region_name
         return endpoint, region or "us-east-1"
 
-    def _new_client(self, endpoint: str | None, region: str | None) -> S3Client:
+    def _new_client(self, endpoint: str | None, region: str | None, quick: bool = False) -> S3Client:
         from botocore.config import Config
 
         params = self._client_parameters()
@@ -103,6 +111,14 @@ class S3Access:
         )
         if user_config is not None:
             config = config.merge(user_config)
+        if quick:
+            config = config.merge(
+                Config(
+                    connect_timeout=min(getattr(config, "connect_timeout", 60), QUICK_READ_TIMEOUT),
+                    read_timeout=min(getattr(config, "read_timeout", 60), QUICK_READ_TIMEOUT),
+                    retries={"total_max_attempts": 2, "mode": "standard"},
+                )
+            )
         client: S3Client = self._session().client(
             "s3", endpoint_url=endpoint, region_name=region, config=config, **params
         )

@@ -8,8 +8,9 @@ and completes; with two killed, writes fail while reads still work. The tests ch
 MinIO's own reports, kill a node under a 200 MiB gzip (multipart) publish and under a plain publish, fetch
 both back verified (`get_result` checks the SHA-256 S3 stored, then every file is compared with the source)
 with 3 of 4 nodes up, again once the node is back, and again with a different node down. The last test
-takes the write quorum away mid-upload: the publish must fail with a clear error, leave nothing visible and
-nothing orphaned, and the rerun must complete once a node is back.
+takes the write quorum away mid-upload: the publish must fail with a clear error within seconds of its abort
+(which MinIO holds on its lock, so it is journaled), leave nothing visible, and the rerun must abort the
+journaled upload (nothing orphaned) and complete once a node is back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import pytest
 from prefect_bacalhau_publish import journal, progress
 from prefect_bacalhau_publish.blocks import S3Storage
 from prefect_bacalhau_publish.errors import S3PublishError
+from prefect_bacalhau_publish.s3access import QUICK_READ_TIMEOUT
 from prefect_bacalhau_publish.specs import ExecutionContext, PublishedResult, PublisherSpec, S3Params
 from prefect_bacalhau_publish.tasks import get_result, publish_result
 from tests.minio_cluster import NODES, MinioCluster
@@ -263,7 +266,7 @@ def test_write_quorum_lost_mid_upload_fails_cleanly_and_rerun_completes(
     expected = digest_tree(source)
     # 5 MiB parts, so that many are still to go after the second kill. With the write quorum gone, MinIO at
     # times holds the part in flight until the client gives up: botocore's read timeout (60 s by default)
-    # is cut to 20 s to bound this test; the abort below still has 4 tries of 20 s to get through.
+    # is cut to 20 s to bound this test.
     storage = cluster.storage(
         0,
         client_config={"read_timeout": 20},
@@ -274,10 +277,20 @@ def test_write_quorum_lost_mid_upload_fails_cleanly_and_rerun_completes(
     target = spec("quorum/{executionID}")
     context = ExecutionContext.new()
     key = f"quorum/{context.execution_id}.tar.gz"
-    # The publisher's boto3 client (the block keeps one per endpoint): note when it sends the abort.
+    # The publisher aborts through the block's clean-up client (one per endpoint): note when it does.
     aborting = threading.Event()
-    client: Any = storage.get_client()
-    client.meta.events.register("before-send.s3.AbortMultipartUpload", lambda **_: aborting.set())
+    sent: list[float] = []  # each try of the abort
+    failed: list[float] = []  # the abort given up (after its last try)
+    cleaner: Any = storage.get_client(quick=True)
+
+    def on_send(**_: Any) -> None:
+        sent.append(time.monotonic())
+        aborting.set()
+
+    cleaner.meta.events.register("before-send.s3.AbortMultipartUpload", on_send)
+    cleaner.meta.events.register(
+        "after-call-error.s3.AbortMultipartUpload", lambda **_: failed.append(time.monotonic())
+    )
 
     cluster.kill(3)  # 3 of 4: still the write quorum...
     cluster.wait_drives_online(3)
@@ -291,21 +304,32 @@ def test_write_quorum_lost_mid_upload_fails_cleanly_and_rerun_completes(
         cluster.wait_health(0, 503)  # 2 drives: no write quorum...
         cluster.wait_health(0, 200, "cluster/read")  # ...but still the read quorum
         # The parts fail (MinIO answers 503 SlowDownWrite, boto3 tries 4 times) and the publisher aborts
-        # the upload. MinIO holds that abort: it needs a write lock from 3 of the 4 nodes.
+        # the upload. MinIO holds that abort (it needs a write lock from 3 of the 4 nodes); the clean-up
+        # client gives up after 2 tries of QUICK_READ_TIMEOUT, so the error is not held for minutes.
         assert aborting.wait(BOUND), f"the publisher never aborted: {results} {errors}"
-        assert worker.is_alive() and visible(cluster, "quorum/") == []
-        cluster.restart(2)  # 3 of 4 again: the lock and so the abort go through
+        worker.join(BOUND)
     assert not worker.is_alive() and results == [], results
+    # 2 tries of QUICK_READ_TIMEOUT each, not botocore's 4 of 60 s
+    assert 1 <= len(sent) <= 2 and len(failed) == 1, (sent, failed)
+    assert failed[0] - sent[0] < 2 * QUICK_READ_TIMEOUT + 5, failed[0] - sent[0]
     assert killer.at is not None and 20 * MiB <= killer.at < 48 * MiB
     assert len(errors) == 1 and isinstance(errors[0], S3PublishError), errors
     message = str(errors[0])
     assert message.startswith(f"publish to s3://{BUCKET}/{key} failed: SlowDownWrite"), message
     assert visible(cluster, "quorum/") == []  # nothing visible...
-    assert pending_uploads(cluster, "quorum/") == []  # ...and the parts sent before are gone
-    assert journal.pending(cluster.endpoint(0), BUCKET) == []
-    assert "could not abort" not in caplog.text
+    # ...and the upload MinIO would not abort yet is in the journal, named in one warning
+    assert [k for k, _ in journal.pending(cluster.endpoint(0), BUCKET)] == [key]
+    assert (
+        f"could not abort multipart upload {journal.pending(cluster.endpoint(0), BUCKET)[0][1]}"
+        in caplog.text
+    )
+    assert "the next publish to bucket" in caplog.text
 
-    rerun = publish(source, target, context, storage)  # still 3 of 4 nodes
+    cluster.restart(2)  # 3 of 4 again: the lock and so the abort go through
+    rerun = publish(
+        source, target, context, storage
+    )  # still 3 of 4 nodes; it first aborts the journaled upload
+    assert journal.pending(cluster.endpoint(0), BUCKET) == []
     params = rerun.params
     assert isinstance(params, S3Params) and params.key == key
     assert visible(cluster, "quorum/") == [key]

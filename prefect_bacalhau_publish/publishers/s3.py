@@ -3,8 +3,10 @@ the plain result's manifest beside its prefix, whose SHA-256 the spec records (`
 
 Publishing needs only `s3:PutObject` on the bucket's objects: the checksum and version come from the
 PUT / CompleteMultipartUpload responses. After a failure, a multipart upload is aborted by its id
-(`s3:AbortMultipartUpload`); when that is not allowed it is named in one warning and left to the bucket's
-lifecycle rule, and when the store cannot be reached its id goes into `journal` for the next publish.
+(`s3:AbortMultipartUpload`) with a client that waits 10 s per try (`get_client(quick=True)`); when that is
+not allowed it is named in one warning and left to the bucket's lifecycle rule, and when the store cannot be
+reached or does not answer in time (MinIO without its write quorum holds an abort on its lock) its id goes
+into `journal` for the next publish.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,12 +63,16 @@ def publish(
     storage = s3_access(target)
     endpoint, region = storage.resolve(params.endpoint, params.region)
     client = storage.get_client(params.endpoint, params.region)
+    cleaner = partial(storage.get_client, params.endpoint, params.region, quick=True)  # built when needed
     out: dict[str, Any] = {"Bucket": params.bucket, "Key": key, "Region": region, "Endpoint": endpoint}
     started = time.perf_counter()
-    _abort_pending(client, endpoint, params.bucket)
+    _abort_pending(cleaner, endpoint, params.bucket)
     try:
         if params.archived:
-            out.update(_upload_archive(client, storage, result_dir, params.bucket, key, endpoint, archive))
+            uploaded = _upload_archive(
+                client, cleaner, storage, result_dir, params.bucket, key, endpoint, archive
+            )
+            out.update(uploaded)
         else:
             count, checksum = _upload_plain(client, storage, result_dir, params.bucket, key, endpoint, region)
             out["ChecksumSHA256"] = checksum
@@ -108,10 +115,10 @@ def _abort(client: S3Client, endpoint: str | None, bucket: str, key: str, upload
     journal.forget(endpoint, bucket, upload_id)
 
 
-def _abort_pending(client: S3Client, endpoint: str | None, bucket: str) -> None:
+def _abort_pending(cleaner: Callable[[], S3Client], endpoint: str | None, bucket: str) -> None:
     """Abort what an earlier failed publish to this bucket could not."""
     for key, upload_id in journal.pending(endpoint, bucket):
-        _abort(client, endpoint, bucket, key, upload_id)
+        _abort(cleaner(), endpoint, bucket, key, upload_id)
 
 
 _PARTS_IN_FLIGHT = 2
@@ -120,6 +127,7 @@ _PARTS_IN_FLIGHT = 2
 
 def _upload_archive(
     client: S3Client,
+    cleaner: Callable[[], S3Client],
     storage: S3Access,
     result_dir: Path,
     bucket: str,
@@ -160,7 +168,7 @@ def _upload_archive(
         )
     except BaseException:
         for upload_id in upload_ids:
-            _abort(client, endpoint, bucket, key, upload_id)
+            _abort(cleaner(), endpoint, bucket, key, upload_id)
         raise
     finally:
         sink.close()
