@@ -276,16 +276,28 @@ def _count_block_documents(server: RealPrefectServer) -> dict[str, int]:
     return counts
 
 
-def _deploy_and_run(
-    stack: contextlib.ExitStack, factory: pytest.TempPathFactory, minio: MinioServer
-) -> ChainRun:
-    base = factory.mktemp("deployment")
+@dataclass
+class Deployed:
+    """A real Prefect server with this repository's blocks saved and every deployment of its prefect.yaml."""
+
+    server: RealPrefectServer
+    clone: Path
+    client_home: Path
+    bucket: str
+    env: dict[str, str]
+    setup: subprocess.CompletedProcess[str]
+    deploy: subprocess.CompletedProcess[str]
+
+
+def deploy_all(stack: contextlib.ExitStack, base: Path, minio: MinioServer, bucket_prefix: str) -> Deployed:
+    """Start a server (stopped by `stack`), then from a fresh clone: `blocks/setup.py`, the process work
+    pool, and `prefect deploy --all`; a new bucket named `bucket_prefix-...` is made for the run."""
     server = RealPrefectServer(base / "server-home").start()
     stack.callback(server.stop)
     clone = make_clone(base / f"fresh-clone-{uuid.uuid4().hex[:6]}")
     client_home = base / "client-home"
     client_home.mkdir()
-    bucket = f"deploy-{uuid.uuid4().hex[:12]}"
+    bucket = f"{bucket_prefix}-{uuid.uuid4().hex[:12]}"
     minio.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     env = server.client_env(client_home)
     setup = run_cli([sys.executable, "blocks/setup.py"], env={**env, **minio_env(minio)}, cwd=clone)
@@ -295,20 +307,30 @@ def _deploy_and_run(
         env=env,
         cwd=clone,
     )
+    return Deployed(server, clone, client_home, bucket, env, setup, deploy)
+
+
+def _deploy_and_run(
+    stack: contextlib.ExitStack, factory: pytest.TempPathFactory, minio: MinioServer
+) -> ChainRun:
+    base = factory.mktemp("deployment")
+    deployed = deploy_all(stack, base, minio, "deploy")
     triggered = run_cli(
-        [str(PREFECT), "deployment", "run", DEPLOYMENT, "--param", f"bucket={bucket}"], env=env, cwd=clone
+        [str(PREFECT), "deployment", "run", DEPLOYMENT, "--param", f"bucket={deployed.bucket}"],
+        env=deployed.env,
+        cwd=deployed.clone,
     )
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered.stdout)
     assert match, f"no flow run id in the output of `prefect deployment run`:\n{triggered.stdout}"
     run = ChainRun(
-        server=server,
+        server=deployed.server,
         minio=minio,
-        clone=clone,
-        client_home=client_home,
-        bucket=bucket,
+        clone=deployed.clone,
+        client_home=deployed.client_home,
+        bucket=deployed.bucket,
         flow_run_id=match.group(1),
-        setup_output=setup.stdout + setup.stderr,
-        deploy_output=deploy.stdout + deploy.stderr,
+        setup_output=deployed.setup.stdout + deployed.setup.stderr,
+        deploy_output=deployed.deploy.stdout + deployed.deploy.stderr,
         worker_outputs=[],
     )
     worker_cwd = base / "worker-cwd"  # anywhere but the clone: the pull step must find the code

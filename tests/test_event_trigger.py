@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,13 +23,11 @@ from prefect_bacalhau_publish import PublishedResult, get_result
 from prefect_bacalhau_publish.testing import MinioServer
 
 from .test_deployment import (
-    POOL,
     PREFECT,
     ChainRun,
     RealPrefectServer,
     _run_worker_until_final,
-    make_clone,
-    minio_env,
+    deploy_all,
     run_cli,
 )
 
@@ -83,22 +80,15 @@ def test_a_publish_event_runs_the_consumer_deployment(
     started = time.monotonic()
     base = tmp_path_factory.mktemp("event-trigger")
     with contextlib.ExitStack() as stack:
-        server = RealPrefectServer(base / "server-home").start()
-        stack.callback(server.stop)
-        timings["server"] = time.monotonic() - started
-        clone = make_clone(base / f"fresh-clone-{uuid.uuid4().hex[:6]}")
-        client_home = base / "client-home"
-        client_home.mkdir()
-        bucket = f"handoff-{uuid.uuid4().hex[:12]}"
-        minio.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
-        env = server.client_env(client_home)
-        setup = run_cli([sys.executable, "blocks/setup.py"], env={**env, **minio_env(minio)}, cwd=clone)
-        run_cli([str(PREFECT), "work-pool", "create", POOL, "--type", "process"], env=env, cwd=clone)
-        deploy = run_cli(
-            [str(PREFECT), "--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml"],
-            env=env,
-            cwd=clone,
+        deployed = deploy_all(stack, base, minio, "handoff")
+        server, clone, client_home, bucket, env = (
+            deployed.server,
+            deployed.clone,
+            deployed.client_home,
+            deployed.bucket,
+            deployed.env,
         )
+        setup, deploy = deployed.setup, deployed.deploy
         for name in (PRODUCER, CONSUMER):
             assert f"Deployment '{name}' successfully created" in deploy.stdout, deploy.stdout + deploy.stderr
         timings["deploy"] = time.monotonic() - started
