@@ -3,7 +3,7 @@ boto3's paginator, in the same run on a local MinIO.
 
     .venv/bin/python bench/bench_partition.py --keys 100000 --runs 5
 
-ours: the S3 input source's own listing (sources/s3.py `_explode_key`, Bacalhau's explodeKey) and then
+ours: the S3 input source's own listing (sources/s3.py `explode_key`, Bacalhau's explodeKey) and then
 `partition_objects` for execution 1 of 4 (Partition Type `object`, FNV-1a of every full key); baseline:
 boto3's `list_objects_v2` paginator collecting the keys. Target: ours ≤ 1.2 × baseline. The keys (empty
 objects, ten date folders) are created once per run through MinIO's snowball auto-extract (tar batches),
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import paired, print_table, ratio_row  # noqa: E402
 
 from prefect_bacalhau_publish.partition import partition_objects  # noqa: E402
-from prefect_bacalhau_publish.sources.s3 import _explode_key  # noqa: E402
+from prefect_bacalhau_publish.sources.s3 import explode_key  # noqa: E402
 from prefect_bacalhau_publish.specs import S3Params  # noqa: E402
 from prefect_bacalhau_publish.testing import running_minio  # noqa: E402
 
@@ -105,7 +105,7 @@ def main() -> None:
 
         def ours() -> None:
             start = time.process_time()
-            objects = _explode_key(client, params)
+            objects = explode_key(client, params)
             shares.append(len(partition_objects([o.key for o in objects], params, COUNT, INDEX)))
             cpu["ours"].append(time.process_time() - start)
 
