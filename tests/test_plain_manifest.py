@@ -228,6 +228,28 @@ def test_a_tampered_or_missing_manifest_is_refused(
         json.dumps(
             {"Format": FORMAT, "Prefix": "p/", "Files": [{"Path": "a", "Size": 1, "ChecksumSHA256": "x"}] * 2}
         ).encode(),
+        json.dumps(  # out of path order: to_bytes sorts, and a reader that streams relies on it
+            {
+                "Format": FORMAT,
+                "Prefix": "p/",
+                "Files": [
+                    {"Path": "b", "Size": 1, "ChecksumSHA256": "x"},
+                    {"Path": "a", "Size": 1, "ChecksumSHA256": "x"},
+                ],
+            }
+        ).encode(),
+        json.dumps(  # a file where a folder is listed
+            {
+                "Format": FORMAT,
+                "Prefix": "p/",
+                "Files": [{"Path": "a", "Size": 1, "ChecksumSHA256": "x"}],
+                "Folders": ["a"],
+            }
+        ).encode(),
+        json.dumps(  # a Size that is not an integer
+            {"Format": FORMAT, "Prefix": "p/", "Files": [{"Path": "a", "Size": 1.5, "ChecksumSHA256": "x"}]}
+        ).encode(),
+        b'{"Format": "prefect-bacalhau-publish/plain-manifest/v1", "Prefix": "p/", "Files": [{"Path": "a"',
     ],
 )
 def test_malformed_manifests_are_refused_with_the_manifest_named(doc: bytes) -> None:
@@ -286,3 +308,35 @@ def test_fetch_inside_a_running_event_loop(tmp_path: Path, s3_storage: S3Storage
 
     asyncio.run(main())
     assert tree(tmp_path / "got") == FILES
+
+
+def test_a_manifest_is_read_in_memory_flat_in_its_entries() -> None:
+    """`ManifestReader` streams the entries: reading 40 000 of them needs no more memory than 4 000."""
+    import io
+    import tracemalloc
+
+    from prefect_bacalhau_publish.manifest import ManifestReader
+
+    def peak(count: int) -> int:
+        entries = tuple(
+            ManifestEntry(
+                f"outputs/d{i // 500:03d}/f{i:06d}", 4096, sha(str(i).encode()), f'"{i:032x}"', 0o100644
+            )
+            for i in range(count)
+        )
+        data = io.BytesIO(Manifest("p/", entries).to_bytes())
+        del entries
+        tracemalloc.start()
+        try:
+            reader = ManifestReader(data, "s3://b/p.manifest.json")
+            total = sum(entry.size for entry in reader.entries())
+            seen = sum(1 for _ in reader.entries())  # a second pass reads them all again
+            _, high = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (total, seen) == (count * 4096, count)
+        return high
+
+    small, large = peak(4_000), peak(40_000)
+    assert large < small * 1.2 + 64 * 1024, (small, large)
+    assert large < 4 * 1024 * 1024, large  # parsed at once, 40 000 entries took about 30 MiB

@@ -9,10 +9,11 @@ against the SHA-256 S3 reports for it, when S3 has one.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
 import re
 import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,15 +24,15 @@ from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumErro
 
 from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
 from ..errors import ChecksumMismatchError, FetchError, SpecError, UnsafeArchiveError
-from ..manifest import Manifest, manifest_key
+from ..manifest import ManifestEntry, ManifestReader, manifest_key
 from ..progress import advance, expect, submit
 from ..publishers.s3_plain import obstore_can_carry
-from ..s3access import check_bucket, s3_access
+from ..s3access import S3Access, check_bucket, s3_access
 from ..s3errors import error_code, is_denied, wrapped
 from ..slicedwrite import write_sliced
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
-from .s3_many import Wanted, download_many
+from .s3_many import Wanted, download_many, restore_mode
 from .tail import extract_while_downloading
 
 if TYPE_CHECKING:
@@ -83,8 +84,11 @@ def fetch(
         with beside(dest, ".s3-input-") as tmp:
             staging = tmp / "content"
             staging.mkdir()
-            manifested = has_manifest(params)
-            listed = objects_from_manifest(client, params) if manifested else explode_key(client, params)
+            if has_manifest(params):
+                _fetch_with_manifest(client, storage, params, staging, tmp / "manifest.json", partition)
+                place(staging, dest)
+                return dest
+            listed = explode_key(client, params)
             objects = _share(listed, params, partition)
             expect(sum(obj.size for obj in objects))
             if params.extract and not params.is_prefix:
@@ -98,21 +102,6 @@ def fetch(
                     ),
                     staging,
                 )
-            elif manifested:
-                store = storage.get_store(params.bucket, params.endpoint, params.region)
-                plan = _plan(params, objects, staging)
-                items = [
-                    Wanted(o.key, p, o.size, o.sha256 or "", o.etag)
-                    for o, p in plan
-                    if obstore_can_carry(o.key)
-                ]
-                concurrency = max(16, 2 * storage.max_concurrency)
-                download_many(store, params.bucket, items, concurrency=concurrency, endpoint=endpoint)
-                for obj, path in plan:
-                    if not obstore_can_carry(obj.key):  # a control character: boto3 carries it, checked alike
-                        with open(path, "wb") as out:
-                            download_verified(client, params.bucket, obj, out, obj.sha256)
-                    restore_mode(path, obj.mode)
             else:
                 if params.is_prefix and not listed:
                     logger.warning(
@@ -322,29 +311,11 @@ def has_manifest(params: S3Params) -> bool:
 def objects_from_manifest(client: S3Client, params: S3Params) -> list[ListedObject]:
     """The objects the plain result's manifest lists (Filter applied), after checking the manifest against
     the spec's ChecksumSHA256. Needs only s3:GetObject: nothing is listed."""
-    key = manifest_key(params.key)
-    where = f"s3://{params.bucket}/{key}"
-    try:
-        data = client.get_object(Bucket=params.bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
-            raise
-        raise FetchError(
-            f"fetch s3://{params.bucket}/{params.key} failed: its spec records ChecksumSHA256, so it is a plain "
-            f"result with a manifest, but {where} does not exist (deleted, or the result was never completed); "
-            "publish it again, or drop ChecksumSHA256 to fetch the prefix unverified"
-        ) from None
-    got = b64(hashlib.sha256(data).digest())
-    if got != params.checksum_sha256:
-        raise ChecksumMismatchError(
-            f"checksum mismatch for the manifest {where}: it hashes to {got}, the spec records "
-            f"{params.checksum_sha256}; the result was altered after publishing"
-        )
-    manifest = Manifest.from_bytes(data, where)
+    manifest = _read_manifest(client, params, io.BytesIO())
     pattern = _filter(params)
     files = [
         ListedObject(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
-        for e in manifest.entries
+        for e in manifest.entries()
         if pattern is None or pattern.search(e.path)
     ]
     folders = [
@@ -353,6 +324,99 @@ def objects_from_manifest(client: S3Client, params: S3Params) -> list[ListedObje
         if pattern is None or pattern.search(f + "/")
     ]
     return files + folders
+
+
+def _read_manifest(client: S3Client, params: S3Params, out: BinaryIO) -> ManifestReader:
+    """Download the plain result's manifest into `out` (seekable), check it against the spec's
+    ChecksumSHA256, and read its header."""
+    key = manifest_key(params.key)
+    where = f"s3://{params.bucket}/{key}"
+    hasher = hashlib.sha256()
+    try:
+        body = client.get_object(Bucket=params.bucket, Key=key)["Body"]
+        while chunk := body.read(_CHUNK):
+            out.write(chunk)
+            hasher.update(chunk)
+    except ClientError as exc:
+        if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
+            raise
+        raise FetchError(
+            f"fetch s3://{params.bucket}/{params.key} failed: its spec records ChecksumSHA256, so it is a plain "
+            f"result with a manifest, but {where} does not exist (deleted, or the result was never completed); "
+            "publish it again, or drop ChecksumSHA256 to fetch the prefix unverified"
+        ) from None
+    got = b64(hasher.digest())
+    if got != params.checksum_sha256:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for the manifest {where}: it hashes to {got}, the spec records "
+            f"{params.checksum_sha256}; the result was altered after publishing"
+        )
+    return ManifestReader(out, where)
+
+
+def _fetch_with_manifest(
+    client: S3Client,
+    storage: S3Access,
+    params: S3Params,
+    staging: Path,
+    spool: Path,
+    partition: tuple[int, int],
+) -> None:
+    """Fetch exactly the files a plain result's manifest lists (Filter and partition applied) into
+    `staging`, each checked by `download_many`. The manifest is spooled to `spool` and read one entry at a
+    time, and the files are planned as they are fetched, so memory stays flat in their number."""
+    with open(spool, "w+b") as file:
+        manifest = _read_manifest(client, params, file)
+        pattern = _filter(params)
+        folders = [f for f in manifest.folders if pattern is None or pattern.search(f + "/")]
+        shared: set[str] | None = None
+        if partition != (
+            0,
+            1,
+        ):  # a share needs every key (Bacalhau's "object" type hashes past their common prefix)
+            listed = [
+                ListedObject(params.key + e.path)
+                for e in manifest.entries()
+                if pattern is None or pattern.search(e.path)
+            ]
+            shared = {o.key for o in _share(listed, params, partition)}
+            folders = []  # a share drops folder markers
+
+        def files() -> Iterator[tuple[str, ManifestEntry]]:
+            for entry in manifest.entries():
+                key = params.key + entry.path
+                if (pattern is None or pattern.search(entry.path)) and (shared is None or key in shared):
+                    yield key, entry
+
+        expect(sum(entry.size for _, entry in files()))  # also checks every entry before anything is fetched
+        for folder in folders:
+            staging.joinpath(*relative_key(params.key + folder + "/", params.key).parts).mkdir(
+                parents=True, exist_ok=True
+            )
+        leftovers: list[tuple[ListedObject, Path]] = []
+
+        def wanted() -> Iterator[Wanted]:
+            made: set[Path] = set()
+            for key, e in files():
+                path = staging.joinpath(*relative_key(key, params.key).parts)
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
+                if obstore_can_carry(key):
+                    yield Wanted(key, path, e.size, e.sha256, e.etag, e.mode)
+                else:  # a control character: boto3 carries it, checked alike
+                    leftovers.append(
+                        (ListedObject(key, e.etag, size=e.size, sha256=e.sha256, mode=e.mode), path)
+                    )
+
+        store = storage.get_store(params.bucket, params.endpoint, params.region)
+        endpoint = params.endpoint or storage.endpoint_url
+        concurrency = max(16, 2 * storage.max_concurrency)
+        download_many(store, params.bucket, wanted(), concurrency=concurrency, endpoint=endpoint)
+        for obj, path in leftovers:
+            with open(path, "wb") as out:
+                download_verified(client, params.bucket, obj, out, obj.sha256)
+            restore_mode(path, obj.mode)
 
 
 def relative_key(key: str, source_key: str) -> PurePosixPath:
@@ -464,10 +528,3 @@ def stored_mode(text: str | None) -> int | None:
         return None
     mode = int(text, 8)
     return mode if stat.S_ISREG(mode) else None
-
-
-def restore_mode(path: Path, mode: int | None) -> None:
-    """Give a fetched file its published permission bits (never setuid, setgid or sticky); a file without
-    a recorded mode keeps the default."""
-    if mode is not None:
-        os.chmod(path, stat.S_IMODE(mode) & 0o777)

@@ -3,7 +3,8 @@
 This is how a plain result with a manifest comes back (`get_result`, and the S3 input source of a chained
 job): every object is fetched pinned to the ETag it was published with, written and hashed by a few file
 threads, and a missing, replaced or altered object fails the whole fetch (the caller places nothing).
-Keys that obstore's path rules cannot carry are left to the caller (boto3's `download_verified`).
+The objects are taken from an iterable as the fetch goes, so a caller that plans them lazily keeps memory
+flat in their number. Keys that obstore's path rules cannot carry are left to the caller (boto3's `download_verified`).
 Measured (10 000 × 4 KiB on loopback MinIO, 2 cores, in-process, alternating): 16.9–19.8 s, against
 16.8–17.7 s for the boto3 thread pool it replaces (which verified nothing) and 13.6–14.9 s for
 `rclone copy --transfers 16`; the kernel creating the files is most of it (12–17 s of system time on
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+import os
+import stat
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from ..progress import advance, submit
 from ..s3errors import wrapped
 from ..slicedwrite import write_sliced
 
-__all__ = ["Wanted", "download_many"]
+__all__ = ["Wanted", "download_many", "restore_mode"]
 
 T = TypeVar("T")
 _WHOLE = 4 * 1024 * 1024
@@ -37,30 +40,38 @@ _FILE_THREADS = 4
 serialised the whole fetch (10 000 objects: 11.6 s of `open`)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Wanted:
-    """One object to fetch: its key, where it goes, and what the manifest says it holds."""
+    """One object to fetch: its key, where it goes, and what the manifest says it holds (mode included)."""
 
     key: str
     path: Path
     size: int
     sha256: str
     etag: str | None = None
+    mode: int | None = None
 
 
 def download_many(
     store: Any,
     bucket: str,
-    items: Sequence[Wanted],
+    items: Iterable[Wanted],
     *,
     concurrency: int,
     endpoint: str | None,
 ) -> None:
-    """Fetch every item (keys obstore can carry, `obstore_can_carry`) into its path and check its size and
-    SHA-256; the first failure stops the rest and is raised (`ChecksumMismatchError` for a missing,
-    replaced or altered object)."""
-    if items:
-        _run_loop(lambda: _fetch_all(store, bucket, items, concurrency, endpoint))
+    """Fetch every item (keys obstore can carry, `obstore_can_carry`) into its path, check its size and
+    SHA-256 and give it its mode; the first failure stops the rest and is raised (`ChecksumMismatchError`
+    for a missing, replaced or altered object). `items` is consumed as the fetch goes (a generator keeps
+    memory flat in the number of objects)."""
+    _run_loop(lambda: _fetch_all(store, bucket, items, concurrency, endpoint))
+
+
+def restore_mode(path: Path, mode: int | None) -> None:
+    """Give a fetched file its published permission bits (never setuid, setgid or sticky); a file without
+    a recorded mode keeps the default."""
+    if mode is not None:
+        os.chmod(path, stat.S_IMODE(mode) & 0o777)
 
 
 def _run_loop(main: Callable[[], Awaitable[T]]) -> T:
@@ -78,7 +89,7 @@ def _run_loop(main: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _fetch_all(
-    store: Any, bucket: str, items: Sequence[Wanted], concurrency: int, endpoint: str | None
+    store: Any, bucket: str, items: Iterable[Wanted], concurrency: int, endpoint: str | None
 ) -> None:
     pending = iter(items)
     files = ThreadPoolExecutor(_FILE_THREADS, thread_name_prefix="pbp-s3-files")
@@ -87,7 +98,7 @@ async def _fetch_all(
         for item in pending:
             await _fetch_one(store, bucket, item, endpoint, files)
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(items))))]
+    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
     try:
         await asyncio.gather(*workers)
     except BaseException:
@@ -113,7 +124,7 @@ async def _fetch_one(
         )
         if item.size <= _WHOLE:
             data = await result.bytes_async()
-            got, digest = await loop.run_in_executor(files, _write_whole, item.path, data)
+            got, digest = await loop.run_in_executor(files, _write_whole, item.path, data, item.mode)
             advance(got)
         else:
             hasher = hashlib.sha256()
@@ -123,6 +134,7 @@ async def _fetch_one(
                     await loop.run_in_executor(files, _write_chunk, out, hasher, chunk)
                     got += len(chunk)
                     advance(len(chunk))
+            restore_mode(item.path, item.mode)
             digest = b64(hasher.digest())
     except (NotFoundError, FileNotFoundError):
         raise ChecksumMismatchError(
@@ -143,10 +155,11 @@ async def _fetch_one(
     _check(where, item, got, digest)
 
 
-def _write_whole(path: Path, data: Any) -> tuple[int, str]:
-    """Write one object's bytes to a new file; its size and SHA-256 (in a file thread)."""
+def _write_whole(path: Path, data: Any, mode: int | None) -> tuple[int, str]:
+    """Write one object's bytes to a new file with its mode; its size and SHA-256 (in a file thread)."""
     with open(path, "wb") as out:
         write_sliced(out, data)
+    restore_mode(path, mode)
     return len(data), b64(hashlib.sha256(data).digest())
 
 
