@@ -85,31 +85,11 @@ def fetch(
             staging = tmp / "content"
             staging.mkdir()
             if has_manifest(params):
-                _fetch_with_manifest(client, storage, params, staging, tmp / "manifest.json", partition)
-                place(staging, dest)
-                return dest
-            listed = explode_key(client, params)
-            objects = _share(listed, params, partition)
-            expect(sum(obj.size for obj in objects))
-            if params.extract and not params.is_prefix:
-                if len(objects) != 1 or objects[0].is_dir:
-                    raise FetchError(
-                        f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
-                    )
-                extract_while_downloading(
-                    lambda out: download_verified(
-                        client, params.bucket, objects[0], out, params.checksum_sha256
-                    ),
-                    staging,
+                _fetch_with_manifest(
+                    client, storage, params, staging, tmp / "manifest.json", partition, endpoint
                 )
             else:
-                if params.is_prefix and not listed:
-                    logger.warning(
-                        "s3://%s/%s holds no objects: the input is an empty folder (check Bucket and Key)",
-                        params.bucket,
-                        params.key,
-                    )
-                _download_all(client, params, objects, staging, storage.max_concurrency)
+                _fetch_listed(client, storage, params, staging, partition)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
         if error_code(exc) in ("404", "NotFound") and _bucket_missing(client, params.bucket):
@@ -122,6 +102,33 @@ def fetch(
         ) from None
     logger.info("fetched s3://%s/%s into %s", params.bucket, params.key, dest)
     return dest
+
+
+def _fetch_listed(
+    client: S3Client, storage: S3Access, params: S3Params, staging: Path, partition: tuple[int, int]
+) -> None:
+    """Fetch one object, or the objects a prefix holds as Bacalhau lists them, into `staging` (or extract
+    the one archive object there)."""
+    listed = explode_key(client, params)
+    objects = _share(listed, params, partition)
+    expect(sum(obj.size for obj in objects))
+    if params.extract and not params.is_prefix:
+        if len(objects) != 1 or objects[0].is_dir:
+            raise FetchError(
+                f"Extract needs one archive object, s3://{params.bucket}/{params.key} is a folder"
+            )
+        extract_while_downloading(
+            lambda out: download_verified(client, params.bucket, objects[0], out, params.checksum_sha256),
+            staging,
+        )
+        return
+    if params.is_prefix and not listed:
+        logger.warning(
+            "s3://%s/%s holds no objects: the input is an empty folder (check Bucket and Key)",
+            params.bucket,
+            params.key,
+        )
+    _download_all(client, params, objects, staging, storage.max_concurrency)
 
 
 def _share(objects: list[ListedObject], params: S3Params, partition: tuple[int, int]) -> list[ListedObject]:
@@ -312,18 +319,25 @@ def objects_from_manifest(client: S3Client, params: S3Params) -> list[ListedObje
     """The objects the plain result's manifest lists (Filter applied), after checking the manifest against
     the spec's ChecksumSHA256. Needs only s3:GetObject: nothing is listed."""
     manifest = _read_manifest(client, params, io.BytesIO())
-    pattern = _filter(params)
     files = [
-        ListedObject(params.key + e.path, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
-        for e in manifest.entries()
-        if pattern is None or pattern.search(e.path)
+        ListedObject(key, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
+        for key, e in _manifest_files(manifest, params)
     ]
-    folders = [
-        ListedObject(params.key + f + "/", is_dir=True)
-        for f in manifest.folders
-        if pattern is None or pattern.search(f + "/")
-    ]
-    return files + folders
+    return files + [ListedObject(key, is_dir=True) for key in _manifest_folders(manifest, params)]
+
+
+def _manifest_files(manifest: ManifestReader, params: S3Params) -> Iterator[tuple[str, ManifestEntry]]:
+    """Each file the manifest lists that the source's Filter keeps, with its key (read anew on each call)."""
+    pattern = _filter(params)
+    for entry in manifest.entries():
+        if pattern is None or pattern.search(entry.path):
+            yield params.key + entry.path, entry
+
+
+def _manifest_folders(manifest: ManifestReader, params: S3Params) -> list[str]:
+    """The keys (ending in `/`) of the empty folders the manifest lists that the source's Filter keeps."""
+    pattern = _filter(params)
+    return [params.key + f + "/" for f in manifest.folders if pattern is None or pattern.search(f + "/")]
 
 
 def _read_manifest(client: S3Client, params: S3Params, out: BinaryIO) -> ManifestReader:
@@ -361,38 +375,27 @@ def _fetch_with_manifest(
     staging: Path,
     spool: Path,
     partition: tuple[int, int],
+    endpoint: str | None,
 ) -> None:
     """Fetch exactly the files a plain result's manifest lists (Filter and partition applied) into
     `staging`, each checked by `download_many`. The manifest is spooled to `spool` and read one entry at a
     time, and the files are planned as they are fetched, so memory stays flat in their number."""
     with open(spool, "w+b") as file:
         manifest = _read_manifest(client, params, file)
-        pattern = _filter(params)
-        folders = [f for f in manifest.folders if pattern is None or pattern.search(f + "/")]
+        folders = _manifest_folders(manifest, params)
         shared: set[str] | None = None
-        if partition != (
-            0,
-            1,
-        ):  # a share needs every key (Bacalhau's "object" type hashes past their common prefix)
-            listed = [
-                ListedObject(params.key + e.path)
-                for e in manifest.entries()
-                if pattern is None or pattern.search(e.path)
-            ]
+        if partition != (0, 1):
+            # a share needs every key: Bacalhau's "object" type hashes past their common prefix
+            listed = [ListedObject(key) for key, _ in _manifest_files(manifest, params)]
             shared = {o.key for o in _share(listed, params, partition)}
             folders = []  # a share drops folder markers
 
         def files() -> Iterator[tuple[str, ManifestEntry]]:
-            for entry in manifest.entries():
-                key = params.key + entry.path
-                if (pattern is None or pattern.search(entry.path)) and (shared is None or key in shared):
-                    yield key, entry
+            return ((k, e) for k, e in _manifest_files(manifest, params) if shared is None or k in shared)
 
         expect(sum(entry.size for _, entry in files()))  # also checks every entry before anything is fetched
         for folder in folders:
-            staging.joinpath(*relative_key(params.key + folder + "/", params.key).parts).mkdir(
-                parents=True, exist_ok=True
-            )
+            staging.joinpath(*relative_key(folder, params.key).parts).mkdir(parents=True, exist_ok=True)
         leftovers: list[tuple[ListedObject, Path]] = []
 
         def wanted() -> Iterator[Wanted]:
@@ -410,7 +413,6 @@ def _fetch_with_manifest(
                     )
 
         store = storage.get_store(params.bucket, params.endpoint, params.region)
-        endpoint = params.endpoint or storage.endpoint_url
         concurrency = max(16, 2 * storage.max_concurrency)
         download_many(store, params.bucket, wanted(), concurrency=concurrency, endpoint=endpoint)
         for obj, path in leftovers:
