@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 import prefect_bacalhau_publish.archive.write as archive_write
 from prefect_bacalhau_publish import get_result, publish_result, run_job
@@ -40,6 +39,7 @@ from prefect_bacalhau_publish.specs import (
 from prefect_bacalhau_publish.tasks_async import apublish_result
 from prefect_bacalhau_publish.testing import KuboServer, MinioServer
 from prefect_bacalhau_publish.transfer import human_bytes, tree_size
+from tests.prefectkit import artifacts_of
 
 MiB = 1024 * 1024
 LOCAL = PublisherSpec.model_validate({"Type": "local"})
@@ -235,13 +235,19 @@ def test_async_twin_takes_a_list(
 # ------------------------------------------------------------------------------------------ failures
 
 
+def stopped_kubo(tmp_path: Path) -> IPFSNode:
+    """A block naming a Kubo node that ran on a loopback port and has stopped: nothing answers there."""
+    (tmp_path / "kubo").mkdir()
+    kubo = KuboServer(tmp_path / "kubo" / "repo").start()
+    down = IPFSNode(api_address=kubo.api_multiaddr)  # read before the stop: Kubo removes its api file
+    kubo.stop()
+    return down
+
+
 def test_kubo_stopped_keeps_s3_and_local(
     result_dir: Path, s3_storage: S3Storage, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:
-    (tmp_path / "kubo").mkdir()
-    kubo = KuboServer(tmp_path / "kubo" / "repo").start()
-    down = IPFSNode(api_address=kubo.api_multiaddr)
-    kubo.stop()
+    down = stopped_kubo(tmp_path)
     storage = tmp_path / "storage"
     with local_server(storage) as block:
         with pytest.raises(FanOutError) as caught:
@@ -327,16 +333,6 @@ def test_an_unarchivable_folder_fails_every_target_and_leaves_nothing(
 # ------------------------------------------------------------------------------ in a flow: artifacts
 
 
-def artifacts_of(flow_run_id: Any) -> list[Any]:
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-
-    return asyncio.run(read())
-
-
 def recorded(artifacts: list[Any]) -> dict[str, dict[str, Any]]:
     """Table artifact key → the published result spec it holds."""
     tables = [a for a in artifacts if a.type == "table"]
@@ -384,10 +380,7 @@ def test_run_job_with_a_list_records_each_result(
 def test_partial_failure_in_a_flow_records_what_was_published(
     result_dir: Path, s3_storage: S3Storage, bucket: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "kubo").mkdir()
-    kubo = KuboServer(tmp_path / "kubo" / "repo").start()
-    down = IPFSNode(api_address=kubo.api_multiaddr)
-    kubo.stop()
+    down = stopped_kubo(tmp_path)
     storage = tmp_path / "storage"
 
     @flow

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from prefect_bacalhau_publish import (
     PublishedResult,
@@ -25,6 +24,7 @@ from prefect_bacalhau_publish import (
 from prefect_bacalhau_publish.errors import S3PublishError
 from prefect_bacalhau_publish.specs import S3Params
 from prefect_bacalhau_publish.testing import MinioServer
+from tests.prefectkit import artifacts_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
 
@@ -36,16 +36,6 @@ def saved_s3_block(minio: MinioServer) -> str:
     name = f"s3-{uuid.uuid4().hex[:10]}"
     minio.storage().save(name)
     return name
-
-
-def artifacts_of(flow_run_id: Any) -> list[Any]:
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-
-    return asyncio.run(read())
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "plain"])

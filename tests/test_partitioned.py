@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from prefect_bacalhau_publish import (
     PublishedResult,
@@ -27,6 +25,7 @@ from prefect_bacalhau_publish import (
 )
 from prefect_bacalhau_publish.specs import InputSource, S3Params
 from prefect_bacalhau_publish.testing import MinioServer
+from tests.prefectkit import artifacts_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flows"))
 
@@ -107,16 +106,6 @@ def test_a_job_sees_bacalhaus_partition_variables(tmp_path: Path) -> None:
     assert job.stdout_tail == "2/5 batch\n"
     plain = run_job.fn('echo "$BACALHAU_PARTITION_INDEX/$BACALHAU_PARTITION_COUNT"', publisher=None)
     assert plain.stdout_tail == "0/1\n"  # as Bacalhau: every execution sees them
-
-
-def artifacts_of(flow_run_id: Any) -> list[Any]:
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-
-    return asyncio.run(read())
 
 
 def test_partitioned_flow_maps_then_reduces(
