@@ -64,6 +64,15 @@ def _published_spec(run: ChainRun, job: str) -> PublishedResult:
     return spec_from_description(table["description"])
 
 
+def _completed_on_own_worker(run: ChainRun, worker_cwd: Path, job: str) -> PublishedResult:
+    """Run `run` on a process worker of its own (started in `worker_cwd`) until it ends; it must complete.
+    Returns the result spec its `job` published."""
+    worker_cwd.mkdir()
+    state = _run_worker_until_final(run, worker_cwd)
+    assert state["state_type"] == "COMPLETED", run.diagnostics()
+    return _published_spec(run, job)
+
+
 def _sha256_listing(root: Path) -> dict[str, str]:
     """`./relative/path` → SHA-256 of every file under root, as job B's `sha256sum` lists them."""
     return {
@@ -142,12 +151,8 @@ def test_a_publish_event_runs_the_consumer_deployment(
             deploy_output=deploy.stdout + deploy.stderr,
             worker_outputs=[],
         )
-        worker_a = base / "worker-a"
-        worker_a.mkdir()
-        a_state = _run_worker_until_final(a_run, worker_a)
-        assert a_state["state_type"] == "COMPLETED", a_run.diagnostics()
+        a_spec = _completed_on_own_worker(a_run, base / "worker-a", "job-a")
         timings["job A"] = time.monotonic() - started
-        a_spec = _published_spec(a_run, "job-a")
         a_params = a_spec.to_bacalhau()["Params"]
         assert a_spec.type == "s3" and a_params["Bucket"] == bucket and a_params["Key"].startswith("handoff/")
 
@@ -197,12 +202,8 @@ def test_a_publish_event_runs_the_consumer_deployment(
 
         # B runs on its own worker, reads A's result and publishes its own
         b_run = ChainRun(**{**a_run.__dict__, "flow_run_id": b_flow_run["id"], "worker_outputs": []})
-        worker_b = base / "worker-b"
-        worker_b.mkdir()
-        b_state = _run_worker_until_final(b_run, worker_b)
-        assert b_state["state_type"] == "COMPLETED", b_run.diagnostics()
+        b_spec = _completed_on_own_worker(b_run, base / "worker-b", "job-b")
         timings["job B"] = time.monotonic() - started
-        b_spec = _published_spec(b_run, "job-b")
         b_params = b_spec.to_bacalhau()["Params"]
         assert (
             b_spec.type == "s3" and b_params["Bucket"] == bucket and b_params["Key"].startswith("consumed/")

@@ -283,29 +283,34 @@ def test_s3_inputs_without_checksum_are_identified_by_what_s3_reports(
 # ------------------------------------------------------------------------------- chains, under Prefect
 
 
-def s3_chain(bucket: str, s3: S3Storage, counter: Path, *, encoding: str = "gzip") -> Any:
-    """A (always runs; its key names the execution, so each run writes a new object) → B (reuse=True); both
-    publish with `encoding`."""
-    opts = ",opt=encoding=plain" if encoding == "plain" else ""
+def reuse_chain(counter: Path, a_publisher: str, b_publisher: str, **blocks: Any) -> Any:
+    """A (always runs: writes the flow's `value`) → B (reuse=True: counts A's lines, and each of its own runs
+    in `counter`); A publishes to `a_publisher`, B to `b_publisher`, both with `blocks`."""
 
     @flow
     def chain(value: str) -> tuple[JobResult, JobResult]:
-        a = run_job(
-            f"printf '{value}\\n' > outputs/n.txt", publisher=f"s3://{bucket}/a/{{executionID}}{opts}", s3=s3
-        )
+        a = run_job(f"printf '{value}\\n' > outputs/n.txt", publisher=a_publisher, **blocks)
         assert a.published is not None
         b = run_job(
             f"wc -l < inputs/a/outputs/n.txt > outputs/lines.txt && {COUNTED}",
-            publisher=f"s3://{bucket}/b/{{executionID}}{opts}",
+            publisher=b_publisher,
             inputs=[a.published.to_input_source("/inputs/a")],
             env={"COUNTER": str(counter)},
-            s3=s3,
             name="b",
             reuse=True,
+            **blocks,
         )
         return a, b
 
     return chain
+
+
+def s3_chain(bucket: str, s3: S3Storage, counter: Path, *, encoding: str = "gzip") -> Any:
+    """`reuse_chain` on S3, A and B under a new key per execution, both with `encoding`."""
+    opts = ",opt=encoding=plain" if encoding == "plain" else ""
+    return reuse_chain(
+        counter, f"s3://{bucket}/a/{{executionID}}{opts}", f"s3://{bucket}/b/{{executionID}}{opts}", s3=s3
+    )
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -454,31 +459,18 @@ def test_ipfs_chain_by_cid_and_an_unpinned_result(kubo: KuboServer, tmp_path: Pa
     counter = tmp_path / "b-ran"
     token = uuid.uuid4().hex  # content no other test publishes
 
-    @flow
-    def chain() -> tuple[JobResult, JobResult]:
-        a = run_job(f"echo {token} > outputs/t.txt", publisher="ipfs", ipfs=node)
-        assert a.published is not None
-        b = run_job(
-            f"cat inputs/a/outputs/t.txt > outputs/u.txt && {COUNTED}",
-            publisher="ipfs",
-            inputs=[a.published.to_input_source("/inputs/a")],
-            env={"COUNTER": str(counter)},
-            ipfs=node,
-            reuse=True,
-        )
-        return a, b
-
-    (a1, b1), _ = run_flow(chain)
-    (a2, b2), _ = run_flow(chain)
+    chain = reuse_chain(counter, "ipfs", "ipfs", ipfs=node)
+    (a1, b1), _ = run_flow(chain, value=token)
+    (a2, b2), _ = run_flow(chain, value=token)
     assert a1.context.execution_id != a2.context.execution_id and a1.published == a2.published
     assert runs(counter) == 1 and b2.reused and b2.published == b1.published
     cid = cast(IPFSParams, b1.published.params).cid
     unpinned = httpx.post(f"{kubo.api_url}/api/v0/pin/rm", params={"arg": cid}, timeout=30, trust_env=False)
     assert unpinned.status_code == 200, unpinned.text
-    (_, b3), third = run_flow(chain)
+    (_, b3), third = run_flow(chain, value=token)
     assert runs(counter) == 2 and not b3.reused, "B's CID was unpinned: B ran (and pinned it again)"
     assert any(f"{cid} is no longer pinned" in m for m in logs_of(third))
-    (_, b4), _ = run_flow(chain)
+    (_, b4), _ = run_flow(chain, value=token)
     assert runs(counter) == 2 and b4.reused
 
 
@@ -491,30 +483,16 @@ def test_url_chain_by_digest_and_a_deleted_archive(tmp_path: Path) -> None:
     port = free_port()
     config = LocalResultServer(storage_dir=tmp_path / "store", port=port, public_address="127.0.0.1")
     counter = tmp_path / "b-ran"
+    chain = reuse_chain(counter, "local", "local", local=config)
     with running_server(config, port=port):
-
-        @flow
-        def chain() -> tuple[JobResult, JobResult]:
-            a = run_job("echo from-a > outputs/a.txt", publisher="local", local=config)
-            assert a.published is not None
-            b = run_job(
-                f"tr a-z A-Z < inputs/a/outputs/a.txt > outputs/b.txt && {COUNTED}",
-                publisher="local",
-                inputs=[a.published.to_input_source("/inputs/a")],
-                env={"COUNTER": str(counter)},
-                local=config,
-                reuse=True,
-            )
-            return a, b
-
-        (a1, b1), _ = run_flow(chain)
-        (a2, b2), _ = run_flow(chain)
+        (a1, b1), _ = run_flow(chain, value="from-a")
+        (a2, b2), _ = run_flow(chain, value="from-a")
         url1, url2 = cast(URLParams, a1.published.params).url, cast(URLParams, a2.published.params).url
         assert url1 != url2, "A's archive is served under its new execution's name"
         bodies = [httpx.get(u, trust_env=False).content for u in (url1, url2)]
         assert hashlib.sha256(bodies[0]).digest() == hashlib.sha256(bodies[1]).digest()
         assert runs(counter) == 1 and b2.reused and b2.published == b1.published
         (tmp_path / "store" / f"{b1.context.execution_id}.tar.gz").unlink()
-        (_, b3), third = run_flow(chain)
+        (_, b3), third = run_flow(chain, value="from-a")
         assert runs(counter) == 2 and not b3.reused, "B's archive is gone from the server: B ran"
         assert any("answers HTTP 404" in m for m in logs_of(third))
