@@ -97,6 +97,31 @@ def test_get_result_round_trip_with_progress(tmp_path: Path, s3_storage: S3Stora
     assert sum(moved) == sum(map(len, FILES.values())) == expected[0]
 
 
+def test_an_object_past_4_mib_is_streamed_checked_and_keeps_its_mode(
+    tmp_path: Path, s3_storage: S3Storage, bucket: str, s3_client: Any
+) -> None:
+    big = os.urandom(6 * 1024 * 1024 + 7)  # read in 1 MiB chunks, not in one piece
+    files = {"outputs/big.bin": big, "outputs/small.txt": b"s"}
+    folder = result_folder(tmp_path / "result", files)
+    (folder / "outputs/big.bin").chmod(0o750)
+    spec = PublisherSpec.model_validate(
+        {"Type": "s3", "Params": {"Bucket": bucket, "Key": "runs/{executionID}", "Encoding": "plain"}}
+    )
+    published = publish_to(folder, spec, ExecutionContext.new(), s3=s3_storage)
+    moved: list[int] = []
+    with listening(moved.append):
+        fetch_result(published, tmp_path / "got", s3=s3_storage)
+    assert tree(tmp_path / "got") == files
+    assert (tmp_path / "got/outputs/big.bin").stat().st_mode & 0o777 == 0o750
+    assert sum(moved) == len(big) + 1 and len(moved) >= 4  # the big one: chunks of 1 MiB or more
+    # The same size with other bytes under the same key: the stream's hash catches it.
+    key = published.params.key  # type: ignore[union-attr]
+    s3_client.put_object(Bucket=bucket, Key=key + "outputs/big.bin", Body=os.urandom(len(big)))
+    with pytest.raises(ChecksumMismatchError, match=r"outputs/big\.bin"):
+        fetch_result(published, tmp_path / "again", s3=s3_storage)
+    assert not (tmp_path / "again").exists()
+
+
 def test_the_s3_input_source_fetches_through_the_manifest_with_filter(
     tmp_path: Path, s3_storage: S3Storage, bucket: str
 ) -> None:
