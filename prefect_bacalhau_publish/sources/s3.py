@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -79,7 +79,10 @@ def fetch(
     check_bucket(params.bucket)
     storage = s3_access(target)
     endpoint = params.endpoint or storage.endpoint_url
-    client = storage.get_client(params.endpoint, params.region)
+
+    def client() -> S3Client:  # built when needed: a plain result with a manifest may never need it
+        return storage.get_client(params.endpoint, params.region)
+
     try:
         with beside(dest, ".s3-input-") as tmp:
             staging = tmp / "content"
@@ -89,14 +92,11 @@ def fetch(
                     client, storage, params, staging, tmp / "manifest.json", partition, endpoint
                 )
             else:
-                _fetch_listed(client, storage, params, staging, partition)
+                _fetch_listed(client(), storage, params, staging, partition)
             place(staging, dest)
     except (ClientError, BotoCoreError) as exc:
-        if error_code(exc) in ("404", "NotFound") and _bucket_missing(client, params.bucket):
-            raise FetchError(
-                f"fetch s3://{params.bucket}/{params.key} failed: bucket {params.bucket!r} does not exist"
-                f"{f' at {endpoint}' if endpoint else ''}: fix Bucket (or create it)"
-            ) from None
+        if error_code(exc) in ("404", "NotFound") and _bucket_missing(client(), params.bucket):
+            raise _no_bucket(params, endpoint) from None
         raise wrapped(
             FetchError, exc, action="fetch", bucket=params.bucket, key=params.key, endpoint=endpoint
         ) from None
@@ -144,6 +144,13 @@ def _share(objects: list[ListedObject], params: S3Params, partition: tuple[int, 
     except ValueError as exc:
         raise SpecError(f"s3://{params.bucket}/{params.key}: {exc}") from None
     return [o for o in objects if o.key in keep]
+
+
+def _no_bucket(params: S3Params, endpoint: str | None) -> FetchError:
+    return FetchError(
+        f"fetch s3://{params.bucket}/{params.key} failed: bucket {params.bucket!r} does not exist"
+        f"{f' at {endpoint}' if endpoint else ''}: fix Bucket (or create it)"
+    )
 
 
 def _bucket_missing(client: S3Client, bucket: str) -> bool:
@@ -318,7 +325,7 @@ def has_manifest(params: S3Params) -> bool:
 def objects_from_manifest(client: S3Client, params: S3Params) -> list[ListedObject]:
     """The objects the plain result's manifest lists (Filter applied), after checking the manifest against
     the spec's ChecksumSHA256. Needs only s3:GetObject: nothing is listed."""
-    manifest = _read_manifest(client, params, io.BytesIO())
+    manifest = _read_manifest(params, io.BytesIO(), _manifest_chunks(client, params))
     files = [
         ListedObject(key, e.etag, None, size=e.size, sha256=e.sha256, mode=e.mode)
         for key, e in _manifest_files(manifest, params)
@@ -340,25 +347,14 @@ def _manifest_folders(manifest: ManifestReader, params: S3Params) -> list[str]:
     return [params.key + f + "/" for f in manifest.folders if pattern is None or pattern.search(f + "/")]
 
 
-def _read_manifest(client: S3Client, params: S3Params, out: BinaryIO) -> ManifestReader:
-    """Download the plain result's manifest into `out` (seekable), check it against the spec's
-    ChecksumSHA256, and read its header."""
-    key = manifest_key(params.key)
-    where = f"s3://{params.bucket}/{key}"
+def _read_manifest(params: S3Params, out: BinaryIO, chunks: Iterator[bytes]) -> ManifestReader:
+    """Spool the plain result's manifest (`chunks`, from `_manifest_chunks` or `_manifest_stream`) into
+    `out` (seekable), check it against the spec's ChecksumSHA256, and read its header."""
+    where = f"s3://{params.bucket}/{manifest_key(params.key)}"
     hasher = hashlib.sha256()
-    try:
-        body = client.get_object(Bucket=params.bucket, Key=key)["Body"]
-        while chunk := body.read(_CHUNK):
-            out.write(chunk)
-            hasher.update(chunk)
-    except ClientError as exc:
-        if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
-            raise
-        raise FetchError(
-            f"fetch s3://{params.bucket}/{params.key} failed: its spec records ChecksumSHA256, so it is a plain "
-            f"result with a manifest, but {where} does not exist (deleted, or the result was never completed); "
-            "publish it again, or drop ChecksumSHA256 to fetch the prefix unverified"
-        ) from None
+    for chunk in chunks:
+        out.write(chunk)
+        hasher.update(chunk)
     got = b64(hasher.digest())
     if got != params.checksum_sha256:
         raise ChecksumMismatchError(
@@ -368,8 +364,52 @@ def _read_manifest(client: S3Client, params: S3Params, out: BinaryIO) -> Manifes
     return ManifestReader(out, where)
 
 
+def _manifest_missing(params: S3Params) -> FetchError:
+    return FetchError(
+        f"fetch s3://{params.bucket}/{params.key} failed: its spec records ChecksumSHA256, so it is a plain "
+        f"result with a manifest, but s3://{params.bucket}/{manifest_key(params.key)} does not exist (deleted, "
+        "or the result was never completed); publish it again, or drop ChecksumSHA256 to fetch the prefix "
+        "unverified"
+    )
+
+
+def _manifest_chunks(client: S3Client, params: S3Params) -> Iterator[bytes]:
+    """The manifest's bytes through boto3."""
+    try:
+        body = client.get_object(Bucket=params.bucket, Key=manifest_key(params.key))["Body"]
+        while chunk := body.read(_CHUNK):
+            yield chunk
+    except ClientError as exc:
+        if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
+            raise
+        raise _manifest_missing(params) from None
+
+
+def _manifest_stream(
+    store: Any, client: Callable[[], S3Client], params: S3Params, endpoint: str | None
+) -> Iterator[bytes]:
+    """The manifest's bytes through obstore, as the files come: a `get` then needs no boto3 client (0.2 s
+    of start-up), unless the manifest is missing and the bucket must be checked."""
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    key = manifest_key(params.key)
+    try:
+        yield from obstore.get(store, key).stream(min_chunk_size=_CHUNK)
+    except (NotFoundError, FileNotFoundError):
+        if _bucket_missing(client(), params.bucket):
+            raise _no_bucket(params, endpoint) from None
+        raise _manifest_missing(params) from None
+    except Exception as exc:
+        if not type(exc).__module__.startswith("obstore"):
+            raise
+        raise wrapped(
+            FetchError, exc, action="fetch", bucket=params.bucket, key=key, endpoint=endpoint
+        ) from None
+
+
 def _fetch_with_manifest(
-    client: S3Client,
+    client: Callable[[], S3Client],
     storage: S3Access,
     params: S3Params,
     staging: Path,
@@ -380,8 +420,9 @@ def _fetch_with_manifest(
     """Fetch exactly the files a plain result's manifest lists (Filter and partition applied) into
     `staging`, each checked by `download_many`. The manifest is spooled to `spool` and read one entry at a
     time, and the files are planned as they are fetched, so memory stays flat in their number."""
+    store = storage.get_store(params.bucket, params.endpoint, params.region)
     with open(spool, "w+b") as file:
-        manifest = _read_manifest(client, params, file)
+        manifest = _read_manifest(params, file, _manifest_stream(store, client, params, endpoint))
         folders = _manifest_folders(manifest, params)
         shared: set[str] | None = None
         if partition != (0, 1):
@@ -412,12 +453,11 @@ def _fetch_with_manifest(
                         (ListedObject(key, e.etag, size=e.size, sha256=e.sha256, mode=e.mode), path)
                     )
 
-        store = storage.get_store(params.bucket, params.endpoint, params.region)
         concurrency = max(16, 2 * storage.max_concurrency)
         download_many(store, params.bucket, wanted(), concurrency=concurrency, endpoint=endpoint)
         for obj, path in leftovers:
             with open(path, "wb") as out:
-                download_verified(client, params.bucket, obj, out, obj.sha256)
+                download_verified(client(), params.bucket, obj, out, obj.sha256)
             restore_mode(path, obj.mode)
 
 
