@@ -53,14 +53,19 @@ class Timed:
         self.env = env
         self.cpu: dict[str, list[float]] = {}
 
-    def command(self, name: str, argv: list[str], *, stdout: Path | None = None) -> Callable[[], None]:
+    def command(
+        self, name: str, argv: list[str] | Callable[[], list[str]], *, stdout: Path | None = None
+    ) -> Callable[[], None]:
+        """`argv`, or what `argv()` gives at each call (a new destination for each run)."""
+
         def run() -> None:
+            args = argv() if callable(argv) else argv
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             with open(stdout or os.devnull, "wb") as out:
-                done = subprocess.run(argv, env=self.env, stdout=out, stderr=subprocess.PIPE, check=False)
+                done = subprocess.run(args, env=self.env, stdout=out, stderr=subprocess.PIPE, check=False)
             if done.returncode != 0:
                 raise SystemExit(
-                    f"{' '.join(argv)[:300]} failed ({done.returncode}): {done.stderr[-2000:]!r}"
+                    f"{' '.join(args)[:300]} failed ({done.returncode}): {done.stderr[-2000:]!r}"
                 )
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -77,6 +82,14 @@ class Timed:
             self.cpu.setdefault(name, []).append(cpu)
 
         return run
+
+
+def fresh(name: str) -> str:
+    """A prefix no earlier run wrote to. W2's uploads each go to a fresh prefix and nothing is deleted until
+    every timing is done: MinIO keeps each object in files on this VM's journal-less ext4, where deleting
+    10 000 objects before a run made that run's file creations scan the freed inodes (see
+    `common.checker`)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def timings(runs: int, fns: list[Callable[[], None]], cleanup: Callable[[], None]) -> list[list[float]]:
@@ -147,6 +160,7 @@ def main() -> None:
         )
         os.environ.update(AWS_ACCESS_KEY_ID=minio.user, AWS_SECRET_ACCESS_KEY=minio.password)
         client: Any = minio.client()
+        emptied: list[Callable[[], None]] = []
         for count in counts:
             folder = build_small_files(args.dir, count)
             bucket = f"many-{uuid.uuid4().hex[:8]}"
@@ -161,8 +175,7 @@ def main() -> None:
 
             target = f"s3://{bucket}/ours/{{executionID}},opt=endpoint={minio.endpoint},opt=encoding=plain"
             if "W2" in only:
-                rows += w2(timed, count, folder, target, bucket, minio, args.runs, have_rclone, have_aws,
-                           empty_bucket)  # fmt: skip
+                rows += w2(timed, count, folder, target, bucket, minio, args.runs, have_rclone, have_aws)
                 cpu_rows.append(cpu_row(f"W2 {count}", timed, count))
             if "W9" in only or "R9" in only:
                 spec = work / f"spec-{count}.json"
@@ -176,11 +189,12 @@ def main() -> None:
                                have_aws)  # fmt: skip
                     cpu_rows.append(cpu_row(f"W9 {count}", timed, count))
                 if "R9" in only:
-                    dest = work / "rss-got"
+                    dest = work / f"rss-got-{count}"  # kept until the end, as W9's are
                     rss[count] = peak_rss_kib(["env", *[f"{k}={v}" for k, v in env.items()], CLI, "get",
                                                str(spec), "-o", str(dest)])  # fmt: skip
-                    shutil.rmtree(dest)
-            empty_bucket()
+            emptied.append(empty_bucket)
+        for emptying in emptied:  # after every timing: see `fresh` for why nothing is deleted before
+            emptying()
     if len(rss) >= 2:
         low, high = min(rss), max(rss)
         growth = rss[high] / rss[low] - 1
@@ -210,7 +224,6 @@ def w2(
     runs: int,
     have_rclone: bool,
     have_aws: bool,
-    cleanup: Callable[[], None],
 ) -> list[str]:
     from prefect_bacalhau_publish.blocks import S3Storage
     from prefect_bacalhau_publish.publishers import publish_to
@@ -228,16 +241,18 @@ def w2(
     if not have_rclone:
         return [skipped(f"{name} vs rclone copy", "rclone")]
     rclone = timed.command(
-        f"W2 {count} rclone", ["rclone", "copy", *TRANSFERS, str(folder), f"bench:{bucket}/rc"]
+        f"W2 {count} rclone",
+        lambda: ["rclone", "copy", *TRANSFERS, str(folder), f"bench:{bucket}/{fresh('rc')}"],
     )
-    a, b, c = timings(runs, [cli, rclone, lib], cleanup)
+    a, b, c = timings(runs, [cli, rclone, lib], lambda: None)
     target_ratio = 0.8 if count >= 10_000 else None
     rows = [
         ratio_row(f"{name}, CLI vs rclone copy --transfers 16", a, b, target=target_ratio),
         ratio_row(f"{name}, in-process vs rclone copy --transfers 16", c, b, target=target_ratio),
     ]
-    rows.append(aws_row(timed, f"W2 {count}", name, a, [minio.endpoint, str(folder), f"s3://{bucket}/aws"],
-                        runs, cleanup, have_aws))  # fmt: skip
+    rows.append(aws_row(timed, f"W2 {count}", name, a,
+                        lambda: [minio.endpoint, str(folder), f"s3://{bucket}/{fresh('aws')}"], runs, lambda: None,
+                        have_aws))  # fmt: skip
     return rows
 
 
@@ -268,7 +283,7 @@ def w9(
     rclone = timed.command(
         f"W9 {count} rclone", ["rclone", "copy", *TRANSFERS, f"bench:{bucket}/{prefix}", str(dest)]
     )
-    check = checker(folder, dest)
+    check = checker(folder, dest, keep_until_exit=True)
     a, b, c = timings(runs, [cli, rclone, lib], check)
     target_ratio = 1.0 if count >= 10_000 else None
     rows = [
@@ -286,7 +301,7 @@ def aws_row(
     who: str,
     name: str,
     ours: list[float],
-    args: list[str],
+    args: list[str] | Callable[[], list[str]],
     runs: int,
     cleanup: Callable[[], None],
     have_aws: bool,
@@ -295,7 +310,8 @@ def aws_row(
     `ours` (the CLI's times)."""
     if not have_aws:
         return skipped(f"{name} vs aws s3 cp", "aws")
-    aws = timed.command(f"{who} aws", ["aws", "s3", "cp", "--recursive", "--quiet", "--endpoint-url", *args])
+    base = ["aws", "s3", "cp", "--recursive", "--quiet", "--endpoint-url"]
+    aws = timed.command(f"{who} aws", lambda: [*base, *(args() if callable(args) else args)])
     (times,) = timings(max(1, runs // 3), [aws], cleanup)
     return ratio_row(f"{name}, CLI vs aws s3 cp --recursive", ours, times, target=None)
 
