@@ -12,7 +12,8 @@ obstore's runtime to the event loop and back, and each file written from a corou
 and back; obstore's blocking `get` and `bytes` release the GIL, so a thread per request does the same work
 with none of those hand-offs. Measured on 10 000 × 4 KiB, loopback MinIO, 2 cores, in-process, alternating
 (bench/results/2026-12-02-many.md): 10.1–10.2 s and 3.9–4.5 s user CPU with 8 or 16 threads, against
-15.8 s and 6.3 s for the event loop it replaces, and 11.5 s for `rclone copy --transfers 16`.
+15.8 s and 6.3 s for the event loop it replaces, and 11.5 s for `rclone copy --transfers 16`; 4 to 32
+threads made no difference beyond the noise, so the caller's concurrency is used as it is.
 """
 
 from __future__ import annotations
