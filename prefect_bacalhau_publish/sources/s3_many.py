@@ -47,7 +47,7 @@ class Wanted:
     """One object to fetch: its key, where it goes, and what the manifest says it holds (mode included)."""
 
     key: str
-    path: Path
+    path: str | Path
     size: int
     sha256: str
     etag: str | None = None
@@ -95,7 +95,7 @@ def download_many(
         raise failures[0]
 
 
-def restore_mode(path: Path, mode: int | None) -> None:
+def restore_mode(path: str | Path, mode: int | None) -> None:
     """Give a fetched file its published permission bits (never setuid, setgid or sticky); a file without
     a recorded mode keeps the default."""
     if mode is not None:
@@ -133,7 +133,7 @@ def _fetch_one(store: Any, bucket: str, item: Wanted, endpoint: str | None) -> N
     _check(where, item, got, digest)
 
 
-def _write_whole(path: Path, data: Any, mode: int | None) -> tuple[int, str]:
+def _write_whole(path: str | Path, data: Any, mode: int | None) -> tuple[int, str]:
     """Write one object's bytes to a new file with its mode; its size and SHA-256.
 
     Four system calls (`open`, `write`, `fchmod`, `close`) where `open()` and `os.chmod` make eight: for
@@ -154,7 +154,7 @@ def _write_whole(path: Path, data: Any, mode: int | None) -> tuple[int, str]:
     return len(data), b64(hashlib.sha256(data).digest())
 
 
-def _write_stream(path: Path, chunks: Iterable[Any], mode: int | None) -> tuple[int, str]:
+def _write_stream(path: str | Path, chunks: Iterable[Any], mode: int | None) -> tuple[int, str]:
     """Write a large object chunk by chunk, showing progress; its size and SHA-256."""
     hasher = hashlib.sha256()
     got = 0
