@@ -50,14 +50,15 @@ def is_client_error(exc: BaseException) -> bool:
     """True for a failed request of either S3 client (botocore, boto3's transfer manager, obstore): what the
     publisher explains in one line. obstore is recognised by its module, so that importing this module
     does not load it (archive publishes never need it; it costs ~12 MiB of memory)."""
-    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError)) or _is_obstore(exc)
+    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError)) or is_obstore(exc)
 
 
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
 _BOTO3_CODE = re.compile(r"An error occurred \(([A-Za-z0-9.]+)\)")
 
 
-def _is_obstore(exc: BaseException) -> bool:
+def is_obstore(exc: BaseException) -> bool:
+    """True for obstore's errors, recognised by module (this module never imports obstore)."""
     return isinstance(exc, StoreNotFound) or type(exc).__module__.startswith("obstore")
 
 
@@ -65,7 +66,7 @@ def error_code(exc: BaseException) -> str:
     """The S3 error code of a failed request (`NoSuchBucket`, `403`, ...), else ''."""
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
-    if _is_obstore(exc):
+    if is_obstore(exc):
         found = _CODE.search(str(exc))
         return found.group(1) if found else ""
     if isinstance(exc, S3UploadFailedError):  # boto3's transfer manager keeps only the message
@@ -83,7 +84,7 @@ def _plain_http(exc: BaseException) -> bool:
     """https:// sent to an endpoint that answers in plain http (OpenSSL: WRONG_VERSION_NUMBER; rustls:
     a corrupt message / InvalidContentType)."""
     text = str(exc)
-    return (isinstance(exc, SSLError) or _is_obstore(exc)) and any(
+    return (isinstance(exc, SSLError) or is_obstore(exc)) and any(
         sign in text for sign in ("WRONG_VERSION_NUMBER", "wrong version number", "InvalidContentType")
     )
 
@@ -91,7 +92,7 @@ def _plain_http(exc: BaseException) -> bool:
 def _untrusted_certificate(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, SSLError) or (
-        _is_obstore(exc) and ("InvalidCertificate" in text or "UnknownIssuer" in text)
+        is_obstore(exc) and ("InvalidCertificate" in text or "UnknownIssuer" in text)
     )
 
 
@@ -100,7 +101,7 @@ def _unreachable(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return (
-        _is_obstore(exc)
+        is_obstore(exc)
         and not error_code(exc)
         and ("kind: Connect" in text or "error sending request" in text)
     )
@@ -160,7 +161,7 @@ def explain(
     elif code:
         message = exc.response.get("Error", {}).get("Message", "") if isinstance(exc, ClientError) else ""
         hint = f"{code}: {message}".rstrip(": ")
-    elif _is_obstore(exc):
+    elif is_obstore(exc):
         hint = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     elif isinstance(exc, BotoCoreError):
         hint = f"{type(exc).__name__}: {exc}"

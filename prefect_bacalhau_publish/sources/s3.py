@@ -29,7 +29,7 @@ from ..manifest import ManifestEntry, ManifestReader, manifest_key
 from ..progress import advance, expect, submit
 from ..publishers.s3_plain import obstore_can_carry
 from ..s3access import S3Access, check_bucket, s3_access
-from ..s3errors import error_code, is_denied, wrapped
+from ..s3errors import error_code, is_denied, is_obstore, wrapped
 from ..slicedwrite import write_sliced
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
 from .place import beside, place
@@ -402,7 +402,7 @@ def _manifest_stream(
             raise _no_bucket(params, endpoint) from None
         raise _manifest_missing(params) from None
     except Exception as exc:
-        if not type(exc).__module__.startswith("obstore"):
+        if not is_obstore(exc):
             raise
         raise wrapped(
             FetchError, exc, action="fetch", bucket=params.bucket, key=key, endpoint=endpoint

@@ -31,8 +31,8 @@ from typing import Any
 from ..checksums import b64
 from ..errors import ChecksumMismatchError, FetchError
 from ..progress import advance, submit
-from ..s3errors import wrapped
-from ..slicedwrite import SLICE, write_sliced
+from ..s3errors import is_obstore, wrapped
+from ..slicedwrite import write_sliced, write_sliced_fd
 
 __all__ = ["Wanted", "download_many", "restore_mode"]
 
@@ -99,7 +99,11 @@ def restore_mode(path: str | Path, mode: int | None) -> None:
     """Give a fetched file its published permission bits (never setuid, setgid or sticky); a file without
     a recorded mode keeps the default."""
     if mode is not None:
-        os.chmod(path, stat.S_IMODE(mode) & 0o777)
+        os.chmod(path, _permission_bits(mode))
+
+
+def _permission_bits(mode: int) -> int:
+    return stat.S_IMODE(mode) & 0o777
 
 
 def _fetch_one(store: Any, bucket: str, item: Wanted, endpoint: str | None) -> None:
@@ -125,7 +129,7 @@ def _fetch_one(store: Any, bucket: str, item: Wanted, endpoint: str | None) -> N
             "altered"
         ) from None
     except Exception as exc:
-        if not type(exc).__module__.startswith("obstore"):
+        if not is_obstore(exc):
             raise
         raise wrapped(
             FetchError, exc, action="fetch", bucket=bucket, key=item.key, endpoint=endpoint
@@ -142,13 +146,9 @@ def _write_whole(path: str | Path, data: Any, mode: int | None) -> tuple[int, st
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data).cast("B")
-        for start in range(0, len(view), SLICE):  # `slicedwrite`: small writes fill the page cache faster
-            piece = view[start : start + SLICE]
-            while piece:
-                piece = piece[os.write(fd, piece) :]
+        write_sliced_fd(fd, data)
         if mode is not None:
-            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
+            os.fchmod(fd, _permission_bits(mode))
     finally:
         os.close(fd)
     return len(data), b64(hashlib.sha256(data).digest())
