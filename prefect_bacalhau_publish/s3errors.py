@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import TypeVar
 
-from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -50,7 +50,14 @@ def is_client_error(exc: BaseException) -> bool:
     """True for a failed request of either S3 client (botocore, boto3's transfer manager, obstore): what the
     publisher explains in one line. obstore is recognised by its module, so that importing this module
     does not load it (archive publishes never need it; it costs ~12 MiB of memory)."""
-    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError)) or is_obstore(exc)
+    return isinstance(exc, (ClientError, BotoCoreError)) or _upload_failed(exc) or is_obstore(exc)
+
+
+def _upload_failed(exc: BaseException) -> bool:
+    """True for boto3's transfer manager's `S3UploadFailedError`. Looked up among loaded modules: if
+    boto3 was never imported, no such error exists, and a get need not pay boto3's 0.25 s import."""
+    module = sys.modules.get("boto3.exceptions")
+    return module is not None and isinstance(exc, module.S3UploadFailedError)
 
 
 _CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
@@ -69,7 +76,7 @@ def error_code(exc: BaseException) -> str:
     if is_obstore(exc):
         found = _CODE.search(str(exc))
         return found.group(1) if found else ""
-    if isinstance(exc, S3UploadFailedError):  # boto3's transfer manager keeps only the message
+    if _upload_failed(exc):  # boto3's transfer manager keeps only the message
         found = _BOTO3_CODE.search(str(exc))
         return found.group(1) if found else ""
     return ""

@@ -157,6 +157,42 @@ def test_s3_publish_and_get_leave_prefect_out(
     assert tree(tmp_path / "got") == tree(result_dir)
 
 
+def test_plain_s3_publish_and_get_with_keys_in_the_environment_leave_boto3_out(
+    result_dir: Path, minio: MinioServer, bucket: str, tmp_path: Path
+) -> None:
+    """A plain result goes up and comes back through obstore alone: with the keys and region in the
+    environment (what boto3's chain would take first), no boto3 session is needed, so boto3 is not imported
+    (botocore's exception classes are, for error messages)."""
+    env: dict[str, str | None] = {
+        "AWS_ACCESS_KEY_ID": minio.user,
+        "AWS_SECRET_ACCESS_KEY": minio.password,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PBP_JOURNAL": None,
+    }
+    target = f"s3://{bucket}/plain/{{jobID}},opt=endpoint={minio.endpoint},opt=encoding=plain"
+    done, imported = cli("publish", str(result_dir), "-p", target, env=env)
+    assert done.returncode == 0, errors(done)
+    assert loaded(imported, ("boto3", *NOT_FOR_S3)) == []
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(done.stdout)
+    done, imported = cli("get", str(spec_file), "-o", str(tmp_path / "got"), env=env)
+    assert done.returncode == 0, errors(done)
+    assert loaded(imported, ("boto3", *NOT_FOR_S3)) == []
+    assert tree(tmp_path / "got") == tree(result_dir)
+    # Wrong keys are still refused with a clear error, as through boto3.
+    done, imported = cli(
+        "get",
+        str(spec_file),
+        "-o",
+        str(tmp_path / "denied"),
+        env={**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"},
+    )
+    assert done.returncode != 0
+    assert "SignatureDoesNotMatch" in errors(done) or "credentials" in errors(done).lower(), errors(done)
+    assert "wrong-secret" not in done.stderr + done.stdout
+    assert not (tmp_path / "denied").exists()
+
+
 NOT_FOR_IPFS = ("prefect", "prefect_aws", "boto3", "botocore", "obstore", "ipfshttpclient")
 
 

@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
     from ..s3access import S3Access
 
-__all__ = ["PlainFile", "PlainTree", "obstore_can_carry", "plan_tree", "upload_files"]
+__all__ = ["PlainFile", "PlainTree", "obstore_can_carry", "plan_tree", "put_object", "upload_files"]
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 MAX_KEY_BYTES = 1024
@@ -156,7 +157,7 @@ def obstore_can_carry(key: str) -> bool:
 
 def upload_files(
     storage: S3Access,
-    client: S3Client,
+    client: Callable[[], S3Client],
     bucket: str,
     files: list[PlainFile],
     *,
@@ -164,13 +165,14 @@ def upload_files(
     region: str | None,
     done: list[str],
     prefix: str = "",
+    store: Any = None,
 ) -> list[ManifestEntry]:
     """Upload each file concurrently (its mode as `x-amz-meta-mode`) and return their manifest entries (paths relative to `prefix`);
     every key that landed is appended to `done` (also when a later file fails, so the caller can remove
-    them). The first failure stops the rest and is raised."""
-    import obstore
-
-    store = storage.get_store(bucket, endpoint, region)
+    them). The first failure stops the rest and is raised. `store`: the obstore store to use (else one is
+    built); `client()` gives the boto3 client, asked for only when a key needs it."""
+    if store is None:
+        store = storage.get_store(bucket, endpoint, region)
     lock = threading.Lock()
     stop = threading.Event()
     entries: list[ManifestEntry] = []
@@ -198,22 +200,19 @@ def upload_files(
                 "ContentType": content_type,
                 "Metadata": {"mode": mode_text(mode)},
             }
-            client.upload_file(str(path), bucket, key, ExtraArgs=extra)
+            client().upload_file(str(path), bucket, key, ExtraArgs=extra)
             return ManifestEntry(relative, size, _file_sha256(path), mode=mode)
         body: bytes | Path = path.read_bytes() if size < storage.multipart_threshold else path
         digest = b64(hashlib.sha256(body).digest()) if isinstance(body, bytes) else _file_sha256(path)
-        try:
-            put = obstore.put(
-                store,
-                key,
-                body,
-                attributes={"Content-Type": content_type, "mode": mode_text(mode)},
-                use_multipart=isinstance(body, Path),
-                chunk_size=storage.multipart_chunksize,
-                max_concurrency=2,
-            )
-        except FileNotFoundError as exc:  # obstore's 404 (NoSuchBucket, ...), not a local file
-            raise StoreNotFound(str(exc)) from None
+        put = put_object(
+            store,
+            key,
+            body,
+            attributes={"Content-Type": content_type, "mode": mode_text(mode)},
+            use_multipart=isinstance(body, Path),
+            chunk_size=storage.multipart_chunksize,
+            max_concurrency=2,
+        )
         return ManifestEntry(
             relative, len(body) if isinstance(body, bytes) else size, digest, put.get("e_tag"), mode
         )
@@ -229,6 +228,17 @@ def upload_files(
                 future.cancel()
             raise
     return entries
+
+
+def put_object(store: Any, key: str, body: bytes | Path, **options: Any) -> Any:
+    """`obstore.put`, its 404 (NoSuchBucket, ...) raised as `StoreNotFound`: obstore raises the builtin
+    FileNotFoundError, which a local file also may."""
+    import obstore
+
+    try:
+        return obstore.put(store, key, body, **options)
+    except FileNotFoundError as exc:
+        raise StoreNotFound(str(exc)) from None
 
 
 def _file_sha256(path: Path) -> str:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import urllib3
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
@@ -187,6 +186,8 @@ def _fetch_presigned(params: S3PreSignedParams, dest: Path, verify: bool | str) 
 def _download_presigned(params: S3PreSignedParams, out: BinaryIO, verify: bool | str) -> None:
     """GET the presigned URL into `out`, checking its length and ChecksumSHA256 as the bytes pass (urllib3:
     1.0 s of CPU per GiB against httpx's 2.7 s, see sources/url.py)."""
+    import urllib3  # only presigned sources need it (0.1 s of a CLI's start-up)
+
     where = f"s3://{params.bucket}/{params.key}"
     got = 0
     tls: dict[str, Any] = {"ca_certs": verify} if isinstance(verify, str) else {}
