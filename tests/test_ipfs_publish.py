@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -199,6 +201,60 @@ def test_node_down(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="is the Kubo daemon running"):
         get_source("ipfs")(source, tmp_path / "dest", down)
     assert not (tmp_path / "dest").exists()
+
+
+def _cid_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "pbp-ipfs-cid"]
+
+
+def test_a_file_gone_mid_publish_is_named_and_leaves_no_thread(
+    node: IPFSNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file deleted after the folder was scanned (a job still writing, a clean-up racing the publish)."""
+    import prefect_bacalhau_publish.publishers.ipfs as ipfs_publisher
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    (results / "b.bin").write_bytes(b"gone before it is read")
+    scanned = ipfs_publisher.scan
+
+    def scan_then_delete(path: Path) -> Any:
+        tree = scanned(path)
+        (results / "b.bin").unlink()
+        return tree
+
+    monkeypatch.setattr(ipfs_publisher, "scan", scan_then_delete)
+    with pytest.raises(IPFSPublishError, match=r"cannot read .*b\.bin while adding it"):
+        get_publisher("ipfs")(results, SPEC, CONTEXT, node)
+    assert _cid_threads() == []
+
+
+def test_a_failure_while_hashing_reaches_the_caller(
+    node: IPFSNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CID is built in its own thread: its failure is raised in the caller's, after the thread drained
+    the chunks still queued (a 10 MiB file is 40 chunks, more than the queue holds)."""
+    from prefect_bacalhau_publish.kubo import unixfs
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "big.bin").write_bytes(os.urandom(10 * 1024 * 1024))
+    calls = 0
+    write = unixfs.FileBuilder.write
+
+    def failing(self: Any, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise MemoryError("hashing failed")
+        write(self, data)
+
+    monkeypatch.setattr(unixfs.FileBuilder, "write", failing)
+    with pytest.raises(MemoryError, match="hashing failed"):
+        get_publisher("ipfs")(results, SPEC, CONTEXT, node)
+    assert calls == 3  # nothing after the failure was hashed
+    assert _cid_threads() == []
 
 
 # ------------------------------------------------------------------------------------------ fetch
