@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -65,8 +63,6 @@ _UNITS = {
     "gib": 1024**3,
 }
 _DEFAULT_THRESHOLD = 256 * 1024
-_TAP_QUEUE = 16
-"""Chunks read and sent but not yet hashed (at most 16 × 256 KiB held)."""
 _ESTIMATIONS: dict[str, SizeEstimation] = {"links": "links", "block": "block", "disabled": "disabled"}
 
 
@@ -112,52 +108,26 @@ def node_import_params(
 
 
 class _Tap:
-    """Builds each file's DAG from the bytes as they are sent to the node, in a thread of its own: the
-    leaves are hashed (hashlib releases the GIL) while the next bytes are read and sent, so the body goes
-    out at the pace of `ipfs add`'s client. Use as a context manager; `link` once it has closed."""
+    """Builds each file's DAG from the bytes as they are sent to the node."""
 
     def __init__(self, params: ImportParams) -> None:
         self._params = params
         self._links: dict[Entry, Link] = {}
-        self._queue: queue.Queue[tuple[Entry, bytes | None] | None] = queue.Queue(maxsize=_TAP_QUEUE)
-        self._error: BaseException | None = None
-        self._worker = threading.Thread(target=self._build, name="pbp-ipfs-cid", daemon=True)
+        self._current: tuple[Entry, FileBuilder] | None = None
 
-    def __enter__(self) -> _Tap:
-        self._worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._queue.put(None)
-        self._worker.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
+    def _builder(self, entry: Entry) -> FileBuilder:
+        return FileBuilder(self._params, mode=entry_mode(entry, self._params))
 
     def file_data(self, entry: Entry, data: bytes) -> None:
-        if self._error is not None:  # stop sending: the publish has failed already
-            raise self._error
-        self._queue.put((entry, data))
+        if self._current is None or self._current[0] is not entry:
+            self._current = (entry, self._builder(entry))
+        self._current[1].write(data)
         advance(len(data))
 
     def file_done(self, entry: Entry) -> None:
-        self._queue.put((entry, None))
-
-    def _build(self) -> None:
-        current: tuple[Entry, FileBuilder] | None = None
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep draining, so the sender never waits on a full queue
-            entry, data = item
-            try:
-                if current is None or current[0] is not entry:
-                    current = (entry, FileBuilder(self._params, mode=entry_mode(entry, self._params)))
-                if data is not None:
-                    current[1].write(data)
-                else:
-                    self._links[entry] = current[1].finish()
-                    current = None
-            except BaseException as exc:  # raised by __exit__ in the caller's thread
-                self._error = exc
+        builder = self._current[1] if self._current and self._current[0] is entry else self._builder(entry)
+        self._links[entry] = builder.finish()
+        self._current = None
 
     def link(self, entry: Entry) -> Link:
         try:
@@ -174,10 +144,10 @@ def _same(a: str, b: str) -> bool:
 
 
 def _publish_by_add(client: KuboClient, tree: Entry, params: ImportParams, profile: str, pin: bool) -> str:
-    with _Tap(params) as tap:
-        node_cid = client.add_folder(
-            tree.path, add_flags(params, pin=pin), tree=tree, tap=tap, read_size=params.chunk_size
-        )
+    tap = _Tap(params)
+    node_cid = client.add_folder(
+        tree.path, add_flags(params, pin=pin), tree=tree, tap=tap, read_size=params.chunk_size
+    )
     local = cid_string(build_tree(tree, params, tap.link).cid)
     if not _same(node_cid, local):
         raise IPFSPublishError(
