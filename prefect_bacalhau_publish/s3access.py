@@ -1,8 +1,9 @@
 """S3 clients and obstore stores from S3 settings, without Prefect: what the `S3Storage` block and
 `DefaultS3` (an `s3=None`, no block at all) share.
 
-Nothing here imports Prefect, and boto3 or obstore only once a client or store is built, so publishing or
-fetching with boto3's default credential chain (the CLI without `--s3-block`) never pays for Prefect.
+Nothing here imports Prefect, obstore only once a store is built, and boto3 only once a client is built or
+a store needs boto3's credential chain (not when the keys are in the environment: `environment_keys`), so
+publishing or fetching with the default chain (the CLI without `--s3-block`) never pays for Prefect.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Objects go up through obstore (Rust's `object_store`), for AWS and S3-compatible stores alike: each PUT
 carries the file's SHA-256 as `x-amz-checksum-sha256`, which S3 checks before it stores the object, and
 files from `multipart_threshold` on go up in parts with a composite checksum. Measured against the hand-made
-SigV4 uploader it replaces and boto3 (bench/results, W2, 4 KiB files on MinIO): obstore from 16 threads 0.24
-of a `put_object` loop; boto3 `put_object` from 16 threads about 0.55. A key that obstore's path rules cannot
-carry (a control character, an empty, `.` or `..` segment) goes through boto3 instead, so no name is lost.
+SigV4 uploader it replaces and boto3 (bench/results/2026-12-01-s3-clients.md, 2 000 × 4 KiB on MinIO):
+obstore from `max_concurrency` (8) threads 0.25 of a `put_object` loop; boto3 `put_object` from 8 threads
+0.52. A key that obstore's path rules cannot carry (a control character, an empty, `.` or `..` segment) goes
+through boto3 instead, so no name is lost.
 Each upload also yields the file's `ManifestEntry` (its SHA-256, size, ETag and mode) for the result's manifest.
 
 `plan_tree` decides what a result folder becomes, before anything is sent: each file's mode goes with it as
