@@ -102,7 +102,7 @@ def ways(
     def obstore(items: list[tuple[Path, str]]) -> None:
         done: list[str] = []
         files = [PlainFile(path, key, path.stat().st_mode) for path, key in items]
-        upload_files(storage, lambda: pool_client, bucket, files, endpoint=None, region=None, done=done)
+        upload_files(storage, storage.get_store(bucket), lambda: pool_client, bucket, files, done=done)
         if len(done) != len(items):
             raise SystemExit(f"obstore uploaded {len(done)} of {len(items)} files")
 

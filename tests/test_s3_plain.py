@@ -41,7 +41,7 @@ def listed_keys(s3_client: Any, bucket: str) -> list[str]:
 
 def upload(storage: S3Storage, bucket: str, items: list[tuple[Path, str]]) -> list[str]:
     done: list[str] = []
-    upload_files(storage, storage.get_client, bucket, planned(items), endpoint=None, region=None, done=done)
+    upload_files(storage, storage.get_store(bucket), storage.get_client, bucket, planned(items), done=done)
     return done
 
 
@@ -279,7 +279,7 @@ def test_first_failure_stops_and_done_lists_exactly_what_landed(
     done: list[str] = []
     with pytest.raises(FileNotFoundError):
         upload_files(
-            storage, storage.get_client, bucket, planned(items), endpoint=None, region=None, done=done
+            storage, storage.get_store(bucket), storage.get_client, bucket, planned(items), done=done
         )
     assert done == [f"p/f{index:02d}" for index in range(5)]
     assert listed_keys(s3_client, bucket) == done

@@ -220,17 +220,7 @@ def _upload_plain(
     done: list[str] = []
     try:
         store = storage.get_store(bucket, endpoint, region)
-        entries = upload_files(
-            storage,
-            client,
-            bucket,
-            files,
-            endpoint=endpoint,
-            region=region,
-            done=done,
-            prefix=prefix,
-            store=store,
-        )
+        entries = upload_files(storage, store, client, bucket, files, done=done, prefix=prefix)
         if tree.markers:
             _put_markers(client(), bucket, tree.markers, done)
         folders = tuple(marker[len(prefix) : -1] for marker in tree.markers)

@@ -158,22 +158,18 @@ def obstore_can_carry(key: str) -> bool:
 
 def upload_files(
     storage: S3Access,
+    store: Any,
     client: Callable[[], S3Client],
     bucket: str,
     files: list[PlainFile],
     *,
-    endpoint: str | None,
-    region: str | None,
     done: list[str],
     prefix: str = "",
-    store: Any = None,
 ) -> list[ManifestEntry]:
     """Upload each file concurrently (its mode as `x-amz-meta-mode`) and return their manifest entries (paths relative to `prefix`);
     every key that landed is appended to `done` (also when a later file fails, so the caller can remove
-    them). The first failure stops the rest and is raised. `store`: the obstore store to use (else one is
-    built); `client()` gives the boto3 client, asked for only when a key needs it."""
-    if store is None:
-        store = storage.get_store(bucket, endpoint, region)
+    them). The first failure stops the rest and is raised. `store` is the bucket's obstore store
+    (`storage.get_store`); `client()` gives the boto3 client, asked for only when a key needs it."""
     lock = threading.Lock()
     stop = threading.Event()
     entries: list[ManifestEntry] = []
