@@ -26,7 +26,6 @@ import re
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +34,9 @@ from ..archive.checks import _kind, _link_problem
 from ..checksums import b64
 from ..errors import S3PublishError
 from ..manifest import ManifestEntry
-from ..progress import advance, submit
+from ..progress import advance
 from ..s3errors import StoreNotFound
+from ..workers import for_each
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -171,19 +171,12 @@ def upload_files(
     them). The first failure stops the rest and is raised. `store` is the bucket's obstore store
     (`storage.get_store`); `client()` gives the boto3 client, asked for only when a key needs it."""
     lock = threading.Lock()
-    stop = threading.Event()
     entries: list[ManifestEntry] = []
 
     def upload(item: PlainFile) -> None:
-        if stop.is_set():
-            return
         content_type = mimetypes.guess_type(item.path.name)[0] or "application/octet-stream"
-        try:
-            size = item.path.stat().st_size
-            entry = _put(item.path, item.key, size, content_type, item.mode)
-        except BaseException:
-            stop.set()
-            raise
+        size = item.path.stat().st_size
+        entry = _put(item.path, item.key, size, content_type, item.mode)
         with lock:
             done.append(item.key)
             entries.append(entry)
@@ -214,16 +207,7 @@ def upload_files(
             relative, len(body) if isinstance(body, bytes) else size, digest, put.get("e_tag"), mode
         )
 
-    with ThreadPoolExecutor(max_workers=storage.max_concurrency, thread_name_prefix="pbp-s3-plain") as pool:
-        futures: list[Any] = [submit(pool, upload, item) for item in files]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            stop.set()
-            for future in futures:
-                future.cancel()
-            raise
+    for_each(files, upload, threads=storage.max_concurrency, name="pbp-s3-plain")
     return entries
 
 

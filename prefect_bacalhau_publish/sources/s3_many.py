@@ -21,18 +21,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..checksums import b64
 from ..errors import ChecksumMismatchError, FetchError
-from ..progress import advance, submit
+from ..progress import advance
 from ..s3errors import is_obstore, wrapped
 from ..slicedwrite import write_sliced, write_sliced_fd
+from ..workers import for_each
 
 __all__ = ["Wanted", "download_many", "restore_mode"]
 
@@ -66,33 +65,12 @@ def download_many(
     SHA-256 and give it its mode, with `concurrency` threads; the first failure stops the rest and is
     raised (`ChecksumMismatchError` for a missing, replaced or altered object). `items` is consumed as the
     fetch goes (a generator keeps memory flat in the number of objects), one item at a time."""
-    pending = iter(items)
-    taking = threading.Lock()
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
-    def worker() -> None:
-        try:
-            while not stop.is_set():
-                with taking:
-                    item = next(pending, None)
-                if item is None:
-                    return
-                _fetch_one(store, bucket, item, endpoint)
-        except BaseException as exc:
-            failures.append(exc)
-            stop.set()
-
-    threads = max(1, min(concurrency, _MAX_THREADS))
-    with ThreadPoolExecutor(threads, thread_name_prefix="pbp-s3-get") as pool:
-        try:
-            for future in [submit(pool, worker) for _ in range(threads)]:
-                future.result()
-        except BaseException:  # an interrupt: the threads stop after the object each is on
-            stop.set()
-            raise
-    if failures:
-        raise failures[0]
+    for_each(
+        items,
+        lambda item: _fetch_one(store, bucket, item, endpoint),
+        threads=min(concurrency, _MAX_THREADS),
+        name="pbp-s3-get",
+    )
 
 
 def restore_mode(path: str | Path, mode: int | None) -> None:
