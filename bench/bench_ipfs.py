@@ -9,7 +9,9 @@ Each at every --sizes (MiB) of bench/common.py's mixed folder, twice: in-process
 `fetch_cid`) and as whole processes started fresh (`prefect-bacalhau publish DIR -p ipfs --ipfs-api …`,
 `prefect-bacalhau get spec.json -o DIR --ipfs-api …`, its stderr on a pseudo-terminal so the progress bar is
 drawn). The baseline is always the `ipfs` command. Also the peak RSS of the CLI's get at each size (flat in
-the result's size is the goal). Prints Markdown tables.
+the result's size is the goal). Prints Markdown tables. Kubo's repo is kept in memory (a folder on
+/dev/shm) unless `--kubo-on disk` or /dev/shm lacks the room, as MinIO's is in bench_many.py (see
+`common.server_home`); the table's title says where.
 
     .venv/bin/python bench/bench_ipfs.py --sizes 256,1024 --runs 5
 """
@@ -30,7 +32,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_cli import Runner  # noqa: E402
-from common import WORK, build_mixed_folder, checker, paired, peak_rss_kib, print_table, ratio_row  # noqa: E402
+from common import (  # noqa: E402
+    WORK,
+    build_mixed_folder,
+    checker,
+    paired,
+    peak_rss_kib,
+    print_table,
+    ratio_row,
+    server_home,
+)
 
 from prefect_bacalhau_publish.blocks import IPFSNode  # noqa: E402
 from prefect_bacalhau_publish.kubo.unixfs import PROFILES, ImportParams  # noqa: E402
@@ -133,15 +144,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=["W3", "W8"], help="one workload")
     parser.add_argument("--dir", type=Path, default=WORK)
+    parser.add_argument(
+        "--kubo-on", choices=["memory", "disk"], default="memory", help="Kubo's repo on /dev/shm or in --dir"
+    )
     args = parser.parse_args()
     sizes = [args.size_mib] if args.size_mib else [int(s) for s in args.sizes.split(",")]
     args.dir.mkdir(parents=True, exist_ok=True)
     rows: list[str] = []
+    where = ""
     for size in sizes:
         folder = build_mixed_folder(args.dir, size)
         files = [p for p in folder.rglob("*") if p.is_file()]
         print(f"folder: {sum(p.stat().st_size for p in files) / MiB:.1f} MiB in {len(files)} files")
-        with running_kubo(args.dir) as kubo, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        home, where = server_home(args.kubo_on, args.dir, 3 * size * MiB)
+        with running_kubo(home) as kubo, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             node = IPFSNode(api_address=kubo.api_url, pin=True)
             run = Runner(environment(kubo))
             run(CLI, "--help")  # writes the bytecode caches once, as an installed package has them
@@ -149,7 +165,7 @@ def main() -> None:
                 rows += w3(kubo, node, run, folder, args.runs, size)
             if args.only != "W3":
                 rows += w8(kubo, node, run, folder, args.runs, size, Path(tmp))
-    print_table("IPFS publish and get vs Kubo's CLI", rows)
+    print_table(f"IPFS publish and get vs Kubo's CLI, Kubo's repo {where}", rows)
 
 
 if __name__ == "__main__":

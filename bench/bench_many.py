@@ -11,6 +11,14 @@ R9  peak RSS of the W9 get at the largest count against the smallest (target: wi
 
     .venv/bin/python bench/bench_many.py --counts 1000,10000,50000 --runs 3
 
+MinIO keeps its objects in memory (a folder on /dev/shm, tmpfs) unless `--minio-on disk` or /dev/shm lacks
+the room: these workloads compare clients, and on this VM's disk MinIO's own cost per object set the pace
+whatever the client (bench/results/2026-12-02-server-disk.md). On the journal-less ext4 of the VM a PUT's
+folder creations scan the inodes freed in the last seconds (MinIO frees a temp folder per PUT), so its CPU
+per object grew with the request rate, and the same 10 000 PUTs of ours took 15-29 s of MinIO's CPU from
+run to run; on a journaled ext4 (a loop device on the same disk) the journal's commits bound it at 23-28 s
+for 8, 16 or 32 client threads alike. Every heading says where MinIO's data was.
+
 Every process is started fresh; ours and rclone alternate (A B A B ...); the AWS CLI runs max(1, runs // 3)
 times per count (it is several times slower). CPU seconds per object (user + sys of the whole process) are
 printed beside the times. Without `rclone` (Debian's `rclone` package) or `aws` on PATH, their rows say
@@ -38,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import WORK, build_small_files, checker, peak_rss_kib, ratio_row  # noqa: E402
+from common import WORK, build_small_files, checker, peak_rss_kib, ratio_row, server_home  # noqa: E402
 
 from prefect_bacalhau_publish.testing import MinioServer, running_minio  # noqa: E402
 
@@ -118,6 +126,11 @@ def rclone_env(minio: MinioServer) -> dict[str, str]:
     }
 
 
+_BYTES_PER_OBJECT = 16 * 1024
+"""What one 4 KiB object costs MinIO on tmpfs, with room to spare (its folder, and `xl.meta` holding the
+data inline: two pages)."""
+
+
 def cpu_row(name: str, timed: Timed, count: int) -> str:
     cells = []
     for who, cpu in timed.cpu.items():
@@ -138,6 +151,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=WORK)
     parser.add_argument("--only", default="W2,W9,R9")
+    parser.add_argument(
+        "--minio-on",
+        choices=["memory", "disk"],
+        default="memory",
+        help="MinIO's data on /dev/shm or in --dir",
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     only = set(args.only.split(","))
@@ -146,7 +165,10 @@ def main() -> None:
     rows: list[str] = []
     cpu_rows: list[str] = []
     rss: dict[int, int] = {}
-    with running_minio(args.dir) as minio, tempfile.TemporaryDirectory(prefix="many-", dir=args.dir) as tmp:
+    need = max(counts) * (3 * args.runs + 6) * _BYTES_PER_OBJECT  # each count's bucket emptied after it
+    minio_base, where = server_home(args.minio_on, args.dir, need)
+    in_memory = minio_base != args.dir
+    with running_minio(minio_base) as minio, tempfile.TemporaryDirectory(prefix="many-", dir=args.dir) as tmp:
         work = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PBP_", "RCLONE_"))}
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's install keeps its bytecode caches
@@ -192,7 +214,10 @@ def main() -> None:
                     dest = work / f"rss-got-{count}"  # kept until the end, as W9's are
                     rss[count] = peak_rss_kib(["env", *[f"{k}={v}" for k, v in env.items()], CLI, "get",
                                                str(spec), "-o", str(dest)])  # fmt: skip
-            emptied.append(empty_bucket)
+            if in_memory:  # tmpfs frees without the disk's penalty, and memory is what it holds
+                empty_bucket()
+            else:
+                emptied.append(empty_bucket)
         for emptying in emptied:  # after every timing: see `fresh` for why nothing is deleted before
             emptying()
     if len(rss) >= 2:
@@ -204,7 +229,7 @@ def main() -> None:
             f"| growth {growth:+.1%} | target ≤ +20% {verdict} |"
         )
     print(f"\n### Many small objects (W2, W9), {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
-          f"{os.cpu_count()} cores\n")  # fmt: skip
+          f"{os.cpu_count()} cores, MinIO's data {where}\n")  # fmt: skip
     print("| workload | ours (median s) | baseline (median s) | ratio ours/baseline (target) |")
     print("|---|---|---|---|")
     for row in rows:

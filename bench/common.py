@@ -67,6 +67,26 @@ def build_mixed_folder(root: Path, size_mib: int) -> Path:
     return folder
 
 
+SHM = Path("/dev/shm")
+
+
+def server_home(asked: str, disk: Path, need: int) -> tuple[Path, str]:
+    """Where a server's temp folder goes, and how a heading says it: tmpfs (`/dev/shm`) when `asked` is
+    "memory" and it has `need` bytes free, else `disk`.
+
+    The benchmarks compare clients against the same server; on this VM's journal-less ext4 a server's file
+    creations scan past the inodes it freed in the last seconds, so its cost per object grew with the
+    clients' rate and varied from run to run (bench/results/2026-12-02-server-disk.md)."""
+    if asked == "memory" and SHM.is_dir() and os.access(SHM, os.W_OK):
+        if shutil.disk_usage(SHM).free > need:
+            return SHM, "in memory (tmpfs)"
+        print(
+            f"/dev/shm has less than {need >> 20} MiB free: the server keeps its data on disk",
+            file=sys.stderr,
+        )
+    return disk, f"on disk ({disk})"
+
+
 def build_small_files(root: Path, count: int, size: int = 4096) -> Path:
     """`count` random files of `size` bytes under outputs/, 500 per folder; reused."""
     folder = root / f"small-{count}x{size}"
