@@ -15,7 +15,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -25,12 +24,13 @@ from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumErro
 from ..checksums import ChecksumVerifier, PartHasher, b64, is_composite
 from ..errors import ChecksumMismatchError, FetchError, SpecError, UnsafeArchiveError
 from ..manifest import ManifestEntry, ManifestReader, manifest_key
-from ..progress import advance, expect, submit
+from ..progress import advance, expect
 from ..publishers.s3_plain import obstore_can_carry
 from ..s3access import S3Access, check_bucket, s3_access
 from ..s3errors import error_code, is_denied, is_obstore, wrapped
 from ..slicedwrite import write_sliced
 from ..specs import S3Params, S3PreSignedParams, SourceSpec
+from ..workers import for_each
 from .place import beside, place
 from .s3_many import Wanted, download_many, restore_mode
 from .tail import extract_while_downloading
@@ -514,9 +514,7 @@ def _download_all(
             mode = download_verified(client, params.bucket, obj, out, checksum, as_stored=checksum is None)
         restore_mode(path, mode)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for future in [submit(pool, download, item) for item in files]:
-            future.result()
+    for_each(files, download, threads=workers, name="pbp-s3-listed")
 
 
 def download_verified(
