@@ -10,14 +10,16 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import SpecError
 from .specs import InputSource, PublishedResult, PublisherSpec, TaskIO, describe
+
+if TYPE_CHECKING:  # YAML is imported where a text is read (12 ms of every command's start-up otherwise)
+    import yaml
 
 __all__ = [
     "as_inputs",
@@ -149,6 +151,8 @@ def _get(mapping: Mapping[str, Any], name: str) -> Any:
 
 def parse_job_spec(text: str) -> dict[str, TaskIO]:
     """Read the Publisher / InputSources / ResultPaths of each task of a Bacalhau v1 job spec (YAML or JSON)."""
+    import yaml
+
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
@@ -192,6 +196,16 @@ def parse_job_spec(text: str) -> dict[str, TaskIO]:
     return out
 
 
+def _json_object(text: str) -> Any:
+    """`text` parsed as JSON when it is a JSON object (what `publish` prints), else None (then YAML)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> PublishedResult:
     """A published result from a JSON/YAML text, a file path holding one, or an already-parsed object."""
     if isinstance(obj, Mapping):
@@ -205,8 +219,12 @@ def load_result(obj: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Publ
                 text = obj.decode() if isinstance(obj, bytes) else obj
         except UnicodeDecodeError as exc:
             raise SpecError(f"published result is not UTF-8 text: {exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from None
+        data = _json_object(text)
+        if data is None:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise SpecError(f"published result is neither JSON nor YAML: {_yaml_problem(exc)}") from None
     return validate_spec(PublishedResult, data, "invalid published result")

@@ -159,7 +159,7 @@ class CID:
             raise ValueError(f"not a valid CID: {text!r} ({exc})") from None
 
 
-def sha256_cid(block: bytes, codec: int, version: int) -> bytes:
+def sha256_cid(block: bytes | memoryview, codec: int, version: int) -> bytes:
     """Binary CID of `block` hashed with sha2-256 (raw blocks are always CIDv1, as Kubo makes them)."""
     digest = hashlib.sha256(block).digest()
     if version == 0 and codec == DAG_PB:

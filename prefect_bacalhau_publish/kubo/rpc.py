@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote_plus
@@ -44,7 +44,7 @@ ErrorType = type[IPFSPublishError] | type[FetchError]
 class AddTap(Protocol):
     """Sees every file's bytes exactly as they are sent to Kubo (to compute the CID in the same pass)."""
 
-    def file_data(self, entry: Entry, data: bytes) -> None: ...
+    def file_data(self, entry: Entry, data: bytes | memoryview) -> None: ...
 
     def file_done(self, entry: Entry) -> None: ...
 
@@ -148,7 +148,7 @@ class KuboClient:
 
     @contextlib.contextmanager
     def _stream(
-        self, path: str, params: Mapping[str, str] | None = None, **kwargs: Any
+        self, path: str, params: Mapping[str, str | list[str]] | None = None, **kwargs: Any
     ) -> Iterator[httpx.Response]:
         """POST and yield the streaming response once it is known to be a success."""
         try:
@@ -192,7 +192,7 @@ class KuboClient:
             return f"cannot reach the Kubo RPC API at {self.api_url}: {exc}; is the Kubo daemon running?"
         return f"connection to Kubo at {self.api_url} broke during {path}: {exc}"
 
-    def _json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+    def _json(self, path: str, params: Mapping[str, str | list[str]] | None = None) -> Any:
         with self._stream(path, params) as response:
             body = response.read()
         try:
@@ -252,24 +252,50 @@ class KuboClient:
         if tree.kind != "dir":
             raise self._error(f"{path} is not a folder")
         root_name = tree.name if tree.name not in (b"", b".", b"..") else b"result"
-        boundary = uuid.uuid4().hex
-        modes = flags.get("preserve-mode") == "true"
-        body = self._multipart(tree, root_name, boundary, tap, read_size, modes)
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        root_str = os.fsdecode(root_name)
-        root_cid: str | None = None
-        with self._stream("/add", flags, content=body, headers=headers) as response:
-            for item in self._ndjson(response, "/add"):
-                if item.get("Name") == root_str and "Hash" in item:
-                    root_cid = str(item["Hash"])
+        added = self.add_tree(tree, root_name, flags, tap=tap, read_size=read_size)
+        root_cid = added.get(os.fsdecode(root_name))
         if root_cid is None:
             raise self._error(f"Kubo at {self.api_url} did not report a CID for the folder {path}")
         return root_cid
 
+    def add_tree(
+        self,
+        tree: Entry,
+        root_name: bytes,
+        flags: Mapping[str, str],
+        *,
+        tap: AddTap | None = None,
+        read_size: int = _READ_SIZE,
+        stand_ins: Container[Entry] = (),
+        stand_in: bytes = b"",
+    ) -> dict[str, str]:
+        """Add a scanned folder under `root_name` as one multipart request; returns the CID Kubo reports for
+        each entry, by its path (`root_name/child/...`). The files in `stand_ins` are sent with `stand_in`
+        as their contents (names and modes kept), unseen by `tap`."""
+        boundary = uuid.uuid4().hex
+        modes = flags.get("preserve-mode") == "true"
+        body = self._multipart(tree, root_name, boundary, tap, read_size, modes, stand_ins, stand_in)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        added: dict[str, str] = {}
+        with self._stream("/add", flags, content=body, headers=headers) as response:
+            for item in self._ndjson(response, "/add"):
+                if "Name" in item and "Hash" in item:
+                    added[str(item["Name"])] = str(item["Hash"])
+        return added
+
     def _multipart(
-        self, tree: Entry, root_name: bytes, boundary: str, tap: AddTap | None, read_size: int, modes: bool
-    ) -> Iterator[bytes]:
+        self,
+        tree: Entry,
+        root_name: bytes,
+        boundary: str,
+        tap: AddTap | None,
+        read_size: int,
+        modes: bool,
+        stand_ins: Container[Entry] = (),
+        stand_in: bytes = b"",
+    ) -> Iterator[bytes | memoryview]:
         """The body `ipfs add -r` sends: each folder's part, then its children's, depth first."""
+        buffer = bytearray(read_size)
         stack: list[tuple[Entry, bytes]] = [(tree, root_name)]
         while stack:
             entry, name = stack.pop()
@@ -279,16 +305,23 @@ class KuboClient:
                 stack.extend((child, name + b"/" + child.name) for child in reversed(entry.children))
             elif entry.kind == "symlink":  # Kubo stores no mode for a symlink
                 yield _part_header(boundary, name, "application/symlink") + entry.target + b"\r\n"
+            elif entry in stand_ins:
+                yield _part_header(boundary, name, "application/octet-stream", mode) + stand_in + b"\r\n"
             else:
                 yield _part_header(boundary, name, "application/octet-stream", mode)
-                yield from self._file_body(entry, tap, read_size)
+                yield from self._file_body(entry, tap, buffer)
                 yield b"\r\n"
         yield f"--{boundary}--\r\n".encode("ascii")
 
-    def _file_body(self, entry: Entry, tap: AddTap | None, read_size: int) -> Iterator[bytes]:
+    def _file_body(self, entry: Entry, tap: AddTap | None, buffer: bytearray) -> Iterator[memoryview]:
+        """The file's bytes, read into `buffer` piece by piece: each piece is a view of it, valid until the
+        next one is asked for (the transports send it before; a fresh buffer per read costs page faults:
+        0.23 s of CPU per GiB instead of 0.08 here)."""
+        view = memoryview(buffer)
         try:
-            with open(entry.path, "rb") as handle:
-                while chunk := handle.read(read_size):
+            with open(entry.path, "rb", buffering=0) as handle:
+                while count := handle.readinto(buffer):
+                    chunk = view[:count]
                     if tap is not None:
                         tap.file_data(entry, chunk)
                     yield chunk
@@ -303,6 +336,18 @@ class KuboClient:
         pins = answer.get("Pins") if isinstance(answer, dict) else None
         if not isinstance(pins, list) or not pins:
             raise self._error(f"Kubo at {self.api_url} did not confirm the pin of {cid}")
+
+    def pin_update(self, old: str, new: str) -> None:
+        """Move the recursive pin of `old` to `new` (`pin update --unpin`): Kubo reads only the blocks of
+        `new` that `old` does not link to at the same place, where `pin add` would read them all."""
+        answer = self._json("/pin/update", {"arg": [old, new], "unpin": "true"})
+        pins = answer.get("Pins") if isinstance(answer, dict) else None
+        if not isinstance(pins, list) or not pins:
+            raise self._error(f"Kubo at {self.api_url} did not confirm the pin of {new}")
+
+    def pin_rm(self, cid: str) -> None:
+        """Remove the recursive pin of `cid`."""
+        self._json("/pin/rm", {"arg": cid, "recursive": "true"})
 
     def dag_import(self, car: Iterable[bytes], *, pin: bool) -> list[str]:
         """Import a CAR stream (one multipart file); with `pin`, pins and returns the header's roots.

@@ -127,8 +127,9 @@ class FileBuilder:
         self._pending = bytearray()
         self._last: tuple[Link, bytes | None, Callable[[int], Link] | None] | None = None
 
-    def write(self, data: bytes) -> None:
-        """Feed the next bytes of the file, in any piece sizes."""
+    def write(self, data: bytes | memoryview) -> None:
+        """Feed the next bytes of the file, in any piece sizes (a view may be reused once this returns:
+        nothing keeps it)."""
         size = self._params.chunk_size
         if not self._pending and len(data) == size:
             self._push(0, self._leaf(data))
@@ -194,10 +195,11 @@ class FileBuilder:
         link = Link(cid, len(block) + sum(c.tsize for c in children), data.filesize or 0)
         return self._built(link, block, lambda mode: self._node(children, replace(data, mode=mode)))
 
-    def _leaf(self, chunk: bytes) -> Link:
+    def _leaf(self, chunk: bytes | memoryview) -> Link:
         if self._params.raw_leaves:  # a raw root carries no mode (boxo leaves it out)
-            return self._built(Link(sha256_cid(chunk, RAW, 1), len(chunk), len(chunk)), chunk, None)
-        return self._node([], UnixFSData(FILE, chunk or None, len(chunk)))
+            link = Link(sha256_cid(chunk, RAW, 1), len(chunk), len(chunk))
+            return self._built(link, bytes(chunk) if self._emit is not None else None, None)
+        return self._node([], UnixFSData(FILE, bytes(chunk) or None, len(chunk)))
 
     def _shape_leaf(self, length: int) -> Link:
         if self._params.raw_leaves:

@@ -1,0 +1,173 @@
+"""Large IPFS results go up as several add requests at once, against the real Kubo daemon (issue 20).
+
+The files are sent in `STREAMS` requests, each file's CID checked against the local import; the folders and
+symlinks are built locally and imported as one CAR that pins the root. What the node ends with must be what
+`ipfs add -r` gives: the same CID (with either profile, with modes, whatever the node's sharding config),
+the root pinned recursively (or not at all) and no other pin left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import prefect_bacalhau_publish.publishers.ipfs as ipfs_publisher
+from prefect_bacalhau_publish.blocks import IPFSNode
+from prefect_bacalhau_publish.errors import IPFSPublishError
+from prefect_bacalhau_publish.kubo.rpc import KuboClient
+from prefect_bacalhau_publish.kubo.unixfs import PROFILES, import_path
+from prefect_bacalhau_publish.publishers.ipfs import STREAM_FROM, STREAMS, publish_folder
+from prefect_bacalhau_publish.sources.ipfs import fetch_cid
+from prefect_bacalhau_publish.testing import KuboServer
+
+from .test_ipfs_modes import make_moded, mode_add
+from .test_ipfs_publish import cli_add, ipfs, listing, make_results
+
+MiB = 1024 * 1024
+
+
+def recursive_pins(repo: Path) -> set[str]:
+    return set(ipfs(repo, "pin", "ls", "--type=recursive", "-q").split())
+
+
+@pytest.fixture()
+def adds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The folder names of the add requests sent (the real requests: the method is only watched)."""
+    names: list[str] = []
+    add_tree = KuboClient.add_tree
+
+    def watched(self: KuboClient, tree: Any, root_name: bytes, *args: Any, **kwargs: Any) -> dict[str, str]:
+        names.append(os.fsdecode(root_name))
+        return add_tree(self, tree, root_name, *args, **kwargs)
+
+    monkeypatch.setattr(KuboClient, "add_tree", watched)
+    yield names
+
+
+@pytest.fixture()
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream results from 1 MiB, so the test folders (a few MiB) take the streamed path."""
+    monkeypatch.setattr(ipfs_publisher, "STREAM_FROM", 1 * MiB)
+
+
+@pytest.mark.usefixtures("small_threshold")
+@pytest.mark.parametrize("pin", [True, False])
+@pytest.mark.parametrize("profile", ["unixfs-v1-2025", "unixfs-v0-2015"])
+def test_streamed_publish_equals_ipfs_add(
+    kubo: KuboServer, adds: list[str], tmp_path: Path, profile: str, pin: bool
+) -> None:
+    results = make_results(tmp_path / "results", "nested")  # symlink, empty file and folder, unicode names
+    (results / "outputs" / "second.bin").write_bytes(os.urandom(3 * MiB + 1))
+    (results / f"{profile}-{pin}").write_text("a DAG of its own for each case")
+    before = recursive_pins(kubo.repo_dir)
+    node = IPFSNode(api_address=kubo.api_url, cid_profile=profile, pin=pin)
+
+    cid = publish_folder(results, node)
+
+    assert len(adds) == STREAMS  # the files went up in parallel requests, not as one folder
+    assert (
+        cid == import_path(results, PROFILES[profile]) == cli_add(kubo.repo_dir, results, PROFILES[profile])
+    )
+    assert recursive_pins(kubo.repo_dir) - before == ({cid} if pin else set())  # nothing else pinned
+    dest = tmp_path / "fetched"
+    fetch_cid(cid, dest, node)
+    assert listing(dest) == listing(results)
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_streamed_publish_keeps_modes(kubo: KuboServer, adds: list[str], tmp_path: Path) -> None:
+    results = make_moded(tmp_path / "result")
+    (results / "outputs" / "more.bin").write_bytes(os.urandom(2 * MiB))
+    node = IPFSNode(api_address=kubo.api_url, preserve_mode=True)
+    params = PROFILES["unixfs-v1-2025"].with_modes()
+    cid = publish_folder(results, node)
+    assert len(adds) == STREAMS
+    assert cid == mode_add(kubo.repo_dir, results, params) == import_path(results, params)
+
+
+@pytest.fixture(scope="module")
+def sharding_kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboServer]:
+    """A Kubo that shards folders from 1000 bytes of links (the profile: from 256 KiB of block)."""
+    server = KuboServer(
+        tmp_path_factory.mktemp("sharding-kubo") / "repo",
+        config={"Import.UnixFSHAMTDirectorySizeThreshold": 1000},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_streamed_folders_follow_the_profile_not_the_node(
+    sharding_kubo: KuboServer, adds: list[str], tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    for index in range(40):  # 40 entries × ~45 bytes: the node would shard this folder, the profile not
+        (results / f"an-entry-with-a-name-{index:03d}").write_bytes(os.urandom(64 * 1024))
+    cid = publish_folder(results, IPFSNode(api_address=sharding_kubo.api_url))
+    assert len(adds) == STREAMS
+    assert cid == import_path(results, PROFILES["unixfs-v1-2025"])
+    assert cid != cli_add(sharding_kubo.repo_dir, results, PROFILES["unixfs-v1-2025"])
+    assert cid in recursive_pins(sharding_kubo.repo_dir)
+
+
+def test_the_default_threshold(kubo: KuboServer, adds: list[str], tmp_path: Path) -> None:
+    """Just under STREAM_FROM bytes go up as one folder; at STREAM_FROM, in STREAMS requests."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.bin").write_bytes(os.urandom(STREAM_FROM // 2))
+    (results / "b.bin").write_bytes(os.urandom(STREAM_FROM // 2 - 1))
+    node = IPFSNode(api_address=kubo.api_url)
+    assert publish_folder(results, node) == import_path(results, PROFILES["unixfs-v1-2025"])
+    assert adds == ["results"]
+    adds.clear()
+    with (results / "b.bin").open("ab") as grown:
+        grown.write(b"!")
+    assert publish_folder(results, node) == import_path(results, PROFILES["unixfs-v1-2025"])
+    assert len(adds) == STREAMS
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_the_same_result_published_again_and_at_once(kubo: KuboServer, tmp_path: Path) -> None:
+    """Publishing a result the node already pins, or the same result from several tasks at once: every
+    publish gives the CID, the root stays pinned and no staging pin is left behind."""
+    results = make_results(tmp_path / "results", "nested")
+    (results / "more.bin").write_bytes(os.urandom(3 * MiB))
+    node = IPFSNode(api_address=kubo.api_url)
+    before = recursive_pins(kubo.repo_dir)
+    expected = import_path(results, PROFILES["unixfs-v1-2025"])
+    assert publish_folder(results, node) == expected
+    assert publish_folder(results, node) == expected
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda _: publish_folder(results, node), range(3))) == [expected] * 3
+    assert recursive_pins(kubo.repo_dir) - before == {expected}
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_a_file_gone_mid_stream_is_named_and_nothing_is_pinned(
+    kubo: KuboServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.bin").write_bytes(os.urandom(3 * MiB))
+    (results / "b.bin").write_bytes(os.urandom(2 * MiB))
+    scanned = ipfs_publisher.scan
+
+    def scan_then_delete(path: Path) -> Any:
+        tree = scanned(path)
+        (results / "b.bin").unlink()
+        return tree
+
+    monkeypatch.setattr(ipfs_publisher, "scan", scan_then_delete)
+    before = recursive_pins(kubo.repo_dir)
+    with pytest.raises(IPFSPublishError, match=r"cannot read .*b\.bin while adding it"):
+        publish_folder(results, IPFSNode(api_address=kubo.api_url))
+    assert recursive_pins(kubo.repo_dir) == before
