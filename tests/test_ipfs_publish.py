@@ -202,24 +202,29 @@ def test_node_down(tmp_path: Path) -> None:
     assert not (tmp_path / "dest").exists()
 
 
-def test_a_file_gone_mid_publish_is_named(
-    node: IPFSNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A file deleted after the folder was scanned (a job still writing, a clean-up racing the publish)."""
+def delete_after_scan(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
+    """The IPFS publisher scans its folder, then `victim` is deleted (a clean-up racing the publish)."""
     import prefect_bacalhau_publish.publishers.ipfs as ipfs_publisher
 
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "a.bin").write_bytes(os.urandom(5 * 1024 * 1024))
-    (results / "b.bin").write_bytes(b"gone before it is read")
     scanned = ipfs_publisher.scan
 
     def scan_then_delete(path: Path) -> Any:
         tree = scanned(path)
-        (results / "b.bin").unlink()
+        victim.unlink()
         return tree
 
     monkeypatch.setattr(ipfs_publisher, "scan", scan_then_delete)
+
+
+def test_a_file_gone_mid_publish_is_named(
+    node: IPFSNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file deleted after the folder was scanned (a job still writing, a clean-up racing the publish)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    (results / "b.bin").write_bytes(b"gone before it is read")
+    delete_after_scan(monkeypatch, results / "b.bin")
     with pytest.raises(IPFSPublishError, match=r"cannot read .*b\.bin while adding it"):
         get_publisher("ipfs")(results, SPEC, CONTEXT, node)
 

@@ -8,13 +8,24 @@ the root pinned recursively (or not at all) and no other pin left behind.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 import prefect_bacalhau_publish.publishers.ipfs as ipfs_publisher
 from prefect_bacalhau_publish.blocks import IPFSNode
@@ -26,7 +37,7 @@ from prefect_bacalhau_publish.sources.ipfs import fetch_cid
 from prefect_bacalhau_publish.testing import KuboServer
 
 from .test_ipfs_modes import make_moded, mode_add
-from .test_ipfs_publish import cli_add, ipfs, listing, make_results
+from .test_ipfs_publish import cli_add, delete_after_scan, ipfs, listing, make_results
 
 MiB = 1024 * 1024
 
@@ -159,15 +170,67 @@ def test_a_file_gone_mid_stream_is_named_and_nothing_is_pinned(
     results.mkdir()
     (results / "a.bin").write_bytes(os.urandom(3 * MiB))
     (results / "b.bin").write_bytes(os.urandom(2 * MiB))
-    scanned = ipfs_publisher.scan
-
-    def scan_then_delete(path: Path) -> Any:
-        tree = scanned(path)
-        (results / "b.bin").unlink()
-        return tree
-
-    monkeypatch.setattr(ipfs_publisher, "scan", scan_then_delete)
+    delete_after_scan(monkeypatch, results / "b.bin")
     before = recursive_pins(kubo.repo_dir)
     with pytest.raises(IPFSPublishError, match=r"cannot read .*b\.bin while adding it"):
         publish_folder(results, IPFSNode(api_address=kubo.api_url))
     assert recursive_pins(kubo.repo_dir) == before
+
+
+EMPTY_FILE = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+@contextmanager
+def lying_node(kubo: KuboServer) -> Iterator[IPFSNode]:
+    """A node that forwards every call to the real Kubo but answers each `add` claiming that every file and
+    sub-folder it stored is the empty file (a node whose import settings differ, or a hostile one)."""
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+            upstream = await client.post(
+                kubo.api_url + request.url.path,
+                params=list(request.query_params.multi_items()),
+                content=await request.body(),
+                headers={"Content-Type": request.headers.get("content-type", "application/octet-stream")},
+            )
+        body = upstream.content
+        if request.url.path.endswith("/add") and upstream.status_code == 200:
+            items = [json.loads(line) for line in body.splitlines() if line.strip()]
+            for item in items:
+                if "/" in item.get("Name", ""):
+                    item["Hash"] = EMPTY_FILE
+            body = b"".join(json.dumps(item).encode() + b"\n" for item in items)
+        return Response(body, upstream.status_code, media_type=upstream.headers.get("content-type"))
+
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the server accepts them
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield IPFSNode(api_address=f"http://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_a_node_reporting_other_file_cids_is_refused_and_left_clean(
+    kubo: KuboServer, adds: list[str], tmp_path: Path
+) -> None:
+    results = make_results(tmp_path / "results", "nested")
+    (results / "more.bin").write_bytes(os.urandom(3 * MiB))
+    before = recursive_pins(kubo.repo_dir)
+    with lying_node(kubo) as liar, pytest.raises(IPFSPublishError) as refused:
+        publish_folder(results, liar)
+    assert len(adds) == STREAMS
+    assert f"made {EMPTY_FILE} of {results}" in str(refused.value)
+    assert re.search(
+        r"the unixfs-v1-2025 profile gives baf[ky]\w+: the node applies other", str(refused.value)
+    )
+    assert str(refused.value).endswith("refusing to publish the folder")
+    assert recursive_pins(kubo.repo_dir) == before  # the staging folders are unpinned again
+    assert import_path(results, PROFILES["unixfs-v1-2025"]) not in ipfs(kubo.repo_dir, "pin", "ls", "-q")
