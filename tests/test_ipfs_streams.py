@@ -1,7 +1,8 @@
 """Large IPFS results go up as several add requests at once, against the real Kubo daemon (issue 20).
 
-The files are sent in `STREAMS` requests, each file's CID checked against the local import; the folders and
-symlinks are built locally and imported as one CAR that pins the root. What the node ends with must be what
+About half of the bytes, as whole files and folders, go up in a second request beside the folder's own; each
+file's CID is checked against the local import, the folders and symlinks are built locally and imported as
+one CAR, and `pin update` pins the root. What the node ends with must be what
 `ipfs add -r` gives: the same CID (with either profile, with modes, whatever the node's sharding config),
 the root pinned recursively (or not at all) and no other pin left behind.
 """
@@ -31,8 +32,9 @@ import prefect_bacalhau_publish.publishers.ipfs as ipfs_publisher
 from prefect_bacalhau_publish.blocks import IPFSNode
 from prefect_bacalhau_publish.errors import IPFSPublishError
 from prefect_bacalhau_publish.kubo.rpc import KuboClient
+from prefect_bacalhau_publish.kubo.tree import Entry
 from prefect_bacalhau_publish.kubo.unixfs import PROFILES, import_path
-from prefect_bacalhau_publish.publishers.ipfs import STREAM_FROM, STREAMS, publish_folder
+from prefect_bacalhau_publish.publishers.ipfs import STREAM_FROM, publish_folder
 from prefect_bacalhau_publish.sources.ipfs import fetch_cid
 from prefect_bacalhau_publish.testing import KuboServer
 
@@ -80,7 +82,7 @@ def test_streamed_publish_equals_ipfs_add(
 
     cid = publish_folder(results, node)
 
-    assert len(adds) == STREAMS  # the files went up in parallel requests, not as one folder
+    assert len(adds) == 2  # the files went up in parallel requests, not as one folder
     assert (
         cid == import_path(results, PROFILES[profile]) == cli_add(kubo.repo_dir, results, PROFILES[profile])
     )
@@ -97,7 +99,7 @@ def test_streamed_publish_keeps_modes(kubo: KuboServer, adds: list[str], tmp_pat
     node = IPFSNode(api_address=kubo.api_url, preserve_mode=True)
     params = PROFILES["unixfs-v1-2025"].with_modes()
     cid = publish_folder(results, node)
-    assert len(adds) == STREAMS
+    assert len(adds) == 2
     assert cid == mode_add(kubo.repo_dir, results, params) == import_path(results, params)
 
 
@@ -124,14 +126,14 @@ def test_streamed_folders_follow_the_profile_not_the_node(
     for index in range(40):  # 40 entries × ~45 bytes: the node would shard this folder, the profile not
         (results / f"an-entry-with-a-name-{index:03d}").write_bytes(os.urandom(64 * 1024))
     cid = publish_folder(results, IPFSNode(api_address=sharding_kubo.api_url))
-    assert len(adds) == STREAMS
+    assert len(adds) == 2
     assert cid == import_path(results, PROFILES["unixfs-v1-2025"])
     assert cid != cli_add(sharding_kubo.repo_dir, results, PROFILES["unixfs-v1-2025"])
     assert cid in recursive_pins(sharding_kubo.repo_dir)
 
 
 def test_the_default_threshold(kubo: KuboServer, adds: list[str], tmp_path: Path) -> None:
-    """Just under STREAM_FROM bytes go up as one folder; at STREAM_FROM, in STREAMS requests."""
+    """Just under STREAM_FROM bytes go up as one folder; at STREAM_FROM, in two requests."""
     results = tmp_path / "results"
     results.mkdir()
     (results / "a.bin").write_bytes(os.urandom(STREAM_FROM // 2))
@@ -143,7 +145,7 @@ def test_the_default_threshold(kubo: KuboServer, adds: list[str], tmp_path: Path
     with (results / "b.bin").open("ab") as grown:
         grown.write(b"!")
     assert publish_folder(results, node) == import_path(results, PROFILES["unixfs-v1-2025"])
-    assert len(adds) == STREAMS
+    assert len(adds) == 2
 
 
 @pytest.mark.usefixtures("small_threshold")
@@ -226,7 +228,7 @@ def test_a_node_reporting_other_file_cids_is_refused_and_left_clean(
     before = recursive_pins(kubo.repo_dir)
     with lying_node(kubo) as liar, pytest.raises(IPFSPublishError) as refused:
         publish_folder(results, liar)
-    assert len(adds) == STREAMS
+    assert len(adds) == 2
     assert f"made {EMPTY_FILE} of {results}" in str(refused.value)
     assert re.search(
         r"the unixfs-v1-2025 profile gives baf[ky]\w+: the node applies other", str(refused.value)
@@ -234,3 +236,50 @@ def test_a_node_reporting_other_file_cids_is_refused_and_left_clean(
     assert str(refused.value).endswith("refusing to publish the folder")
     assert recursive_pins(kubo.repo_dir) == before  # the staging folders are unpinned again
     assert import_path(results, PROFILES["unixfs-v1-2025"]) not in ipfs(kubo.repo_dir, "pin", "ls", "-q")
+
+
+def _tree(name: bytes, spec: dict[str, Any]) -> Entry:
+    """A scanned-tree shape from {"name": size or {...}} (no files on disk: `_carve` reads none)."""
+    children = [
+        _tree(key.encode(), value)
+        if isinstance(value, dict)
+        else Entry(key.encode(), Path(key), "file", size=value)
+        for key, value in sorted(spec.items())
+    ]
+    return Entry(name, Path(name.decode()), "dir", children=children)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"a": 10, "b": 10, "c": 10, "d": 10},
+        {"exitCode": 1, "outputs": {f"part-{i}": {f"f{j}": 7 + i * j for j in range(9)} for i in range(5)}},
+        {"big": 1000, "small": {"x": 3, "y": 4}, "z": 5},
+        {"a": {"b": {"c": {"d": 64, "e": 64}}}, "f": 1},
+    ],
+)
+def test_carving_takes_whole_entries_after_at_most_one_carved_folder(spec: dict[str, Any]) -> None:
+    """What `pin update` needs to pair the two folders' links: in each folder, at most one sub-folder is
+    carved, everything taken from that folder sorts after it, and files are neither lost nor doubled."""
+    tree = _tree(b"result", spec)
+    total = sum(entry.size for entry, _path in ipfs_publisher._files(tree))
+    kept, taken = ipfs_publisher._carve(tree, total // 2)
+
+    def check(original: Entry, carved: Entry) -> None:
+        originals = {child.name: child for child in original.children}
+        names = [child.name for child in carved.children]
+        assert names == sorted(names) and set(names) <= set(originals)
+        changed = [child for child in carved.children if child is not originals[child.name]]
+        assert len(changed) <= 1  # one carved sub-folder at most; the rest kept whole
+        gone = [originals[name] for name in originals if name not in names]
+        assert all(entry in taken for entry in gone)
+        if changed:
+            assert all(entry.name > changed[0].name for entry in gone)
+            check(originals[changed[0].name], changed[0])
+
+    check(tree, kept)
+    sent = [entry for entry, _ in ipfs_publisher._files(kept)]
+    sent += [entry for whole in taken for entry, _ in ipfs_publisher._files(whole)]  # a file gives itself
+    assert sorted(map(id, sent)) == sorted(id(entry) for entry, _ in ipfs_publisher._files(tree))
+    taken_bytes = total - sum(entry.size for entry, _ in ipfs_publisher._files(kept))
+    assert 0 < taken_bytes <= total // 2

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote_plus
@@ -266,15 +266,12 @@ class KuboClient:
         *,
         tap: AddTap | None = None,
         read_size: int = _READ_SIZE,
-        stand_ins: Container[Entry] = (),
-        stand_in: bytes = b"",
     ) -> dict[str, str]:
         """Add a scanned folder under `root_name` as one multipart request; returns the CID Kubo reports for
-        each entry, by its path (`root_name/child/...`). The files in `stand_ins` are sent with `stand_in`
-        as their contents (names and modes kept), unseen by `tap`."""
+        each entry, by its path (`root_name/child/...`)."""
         boundary = uuid.uuid4().hex
         modes = flags.get("preserve-mode") == "true"
-        body = self._multipart(tree, root_name, boundary, tap, read_size, modes, stand_ins, stand_in)
+        body = self._multipart(tree, root_name, boundary, tap, read_size, modes)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         added: dict[str, str] = {}
         with self._stream("/add", flags, content=body, headers=headers) as response:
@@ -291,8 +288,6 @@ class KuboClient:
         tap: AddTap | None,
         read_size: int,
         modes: bool,
-        stand_ins: Container[Entry] = (),
-        stand_in: bytes = b"",
     ) -> Iterator[bytes | memoryview]:
         """The body `ipfs add -r` sends: each folder's part, then its children's, depth first."""
         buffer = bytearray(read_size)
@@ -305,8 +300,6 @@ class KuboClient:
                 stack.extend((child, name + b"/" + child.name) for child in reversed(entry.children))
             elif entry.kind == "symlink":  # Kubo stores no mode for a symlink
                 yield _part_header(boundary, name, "application/symlink") + entry.target + b"\r\n"
-            elif entry in stand_ins:
-                yield _part_header(boundary, name, "application/octet-stream", mode) + stand_in + b"\r\n"
             else:
                 yield _part_header(boundary, name, "application/octet-stream", mode)
                 yield from self._file_body(entry, tap, buffer)

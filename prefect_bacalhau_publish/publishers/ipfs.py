@@ -13,7 +13,7 @@ entries, so the publisher reads them (when the node allows), compares the DAG sh
 with the profile's own (no file contents needed) and, only when they differ, builds the CAR locally and
 sends it through `/api/v0/dag/import` instead: the published CID is always the profile's.
 
-A larger folder goes up as `STREAMS` add requests at once (`_Streams`): Kubo imports one request in one
+A larger folder goes up as two add requests at once (`_Streams`): Kubo imports one request in one
 goroutine, so one request leaves a core idle. The folders are then built locally (the profile's, whatever
 the node's config) and the root pinned with `pin update`; this needs `/api/v0/dag/import`, `/pin/update`,
 `/pin/ls` and `/pin/rm` besides `/add`. Measured on 2 cores with a 1 GiB folder: one request took 1.03-1.08×
@@ -191,18 +191,16 @@ def _publish_by_car(client: KuboClient, tree: Entry, params: ImportParams, pin: 
     return local
 
 
-STREAMS = 2
-"""How many add requests a large result is sent in at once: Kubo imports each request in one goroutine."""
 FIRST_SHARE = 0.5
 """The share of the bytes sent with the folder itself; Kubo reads the rest back once to pin the root."""
 STREAM_FROM = 64 * 1024 * 1024
-"""Results with at least this many bytes of files (and two files or more) are sent in `STREAMS` requests."""
+"""Results with at least this many bytes of files (and two files or more) are sent in two requests."""
 
 
-def _files(tree: Entry) -> list[tuple[Entry, bytes]]:
-    """The files of `tree` with their paths below it."""
+def _files(tree: Entry, prefix: bytes = b"") -> list[tuple[Entry, bytes]]:
+    """The files of `tree` with their paths (`prefix` + `/name`...)."""
     files: list[tuple[Entry, bytes]] = []
-    stack = [(tree, b"")]
+    stack = [(tree, prefix)]
     while stack:
         entry, path = stack.pop()
         if entry.kind == "dir":
@@ -212,39 +210,49 @@ def _files(tree: Entry) -> list[tuple[Entry, bytes]]:
     return files
 
 
-def _split(files: list[tuple[Entry, bytes]], streams: int) -> list[list[tuple[Entry, bytes]]]:
-    """`files` in `streams` groups, the first with FIRST_SHARE of the bytes and the others sharing the rest
-    (largest file first, into the group furthest below its share). A file whose path is not UTF-8 never
-    goes in the first group, which Kubo reports by path."""
-    shares = [FIRST_SHARE] + [(1 - FIRST_SHARE) / (streams - 1)] * (streams - 1)
-    groups: list[list[tuple[Entry, bytes]]] = [[] for _ in range(streams)]
-    loads = [0] * streams
-    for item in sorted(files, key=lambda item: item[0].size, reverse=True):
-        candidates = range(streams) if _utf8(item[1]) else range(1, streams)
-        emptiest = min(candidates, key=lambda i: (loads[i] + item[0].size) / shares[i])
-        groups[emptiest].append(item)
-        loads[emptiest] += item[0].size
-    return groups
+def _bytes(entry: Entry) -> int:
+    return sum(file.size for file, _path in _files(entry))
 
 
-def _utf8(path: bytes) -> bool:
-    try:
-        path.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _carve(tree: Entry, wanted: int) -> tuple[Entry, list[Entry]]:
+    """Split off whole files and folders worth about `wanted` bytes: (the folder without them, them).
+
+    In each folder, entries are taken from the end of the name order; one that is too big is kept, or,
+    if it is a folder, is carved in turn and ends the folder's turn. So each folder keeps at most one
+    carved sub-folder, and what was taken from it comes after that sub-folder by name: the order in which
+    `pin update` pairs the two folders' differing links, which then lines up, and what was taken is walked
+    whole (`DiffEnumerate`)."""
+    taken: list[Entry] = []
+
+    def carve(folder: Entry) -> Entry:
+        nonlocal wanted
+        kept = list(folder.children)
+        for index in range(len(kept) - 1, -1, -1):
+            if wanted <= 0:
+                break
+            child = kept[index]
+            size = _bytes(child) if child.kind == "dir" else child.size
+            if size <= wanted:
+                taken.append(child)
+                wanted -= size
+                del kept[index]
+            elif child.kind == "dir":
+                kept[index] = carve(child)
+                break
+        return replace(folder, children=kept)
+
+    return carve(tree), taken
 
 
 class _Streams:
-    """A large folder sent as several add requests at once, pinned without Kubo reading every block again.
+    """A large folder sent as two add requests at once, pinned without Kubo reading every block again.
 
-    The first request sends the folder itself, with the other requests' files standing in as a few random
-    bytes; the others send their files under throwaway names. Every request is pinned by its own `add`
-    (Kubo's cheap pin, no reading back), each file's CID is checked against the local one, the folders and
-    symlinks are built locally and imported as one CAR, and `pin update` moves the first request's pin to the
-    root: Kubo then reads only what the first request's folder lacks (the other requests' files), where
-    `pin add` or `dag import` would read the whole result again. The throwaway pins are removed whatever
-    happens.
+    About half of the bytes, as whole files and folders (`_carve`), go up in a second request under
+    throwaway names; the first sends the folder without them. Both requests are pinned by their own `add`
+    (Kubo's cheap pin, nothing read back), each file's CID is checked against the local one, the folders
+    and symlinks are built locally and imported as one CAR, and `pin update` moves the first request's pin
+    to the root: Kubo then reads back only the second request's files, where `pin add` or `dag import`
+    would read the whole result again. The throwaway pin is removed whatever happens.
     """
 
     def __init__(self, client: KuboClient, tree: Entry, params: ImportParams, profile: str) -> None:
@@ -253,60 +261,46 @@ class _Streams:
         self.params = params
         self.profile = profile
         self.token = uuid.uuid4().hex.encode()
+        self.renamed: dict[Entry, Entry] = {}
         self.links: dict[Entry, Link] = {}
         self.staged: dict[int, str] = {}
 
-    def publish(self, groups: list[list[tuple[Entry, bytes]]], pin: bool) -> str:
+    def publish(self, kept: Entry, taken: list[Entry], pin: bool) -> str:
+        plain = _utf8(self.tree.name) and self.tree.name not in (b"", b".", b"..")
+        name = self.tree.name if plain else b"result"
+        staging = Entry(self.token, self.tree.path, "dir")
+        for number, entry in enumerate(taken):
+            copy = replace(entry, name=b"%d" % number)
+            self.renamed[copy] = entry
+            staging.children.append(copy)
+        requests = [(0, kept, name), (1, staging, self.token)]
         try:
-            for_each(enumerate(groups), self._send, threads=len(groups), name="ipfs-add")
+            for_each(requests, self._send, threads=len(requests), name="ipfs-add")
             return self._finish(pin)
         finally:
             self._unstage()
 
-    def _send(self, item: tuple[int, list[tuple[Entry, bytes]]]) -> None:
-        index, group = item
+    def _send(self, request: tuple[int, Entry, bytes]) -> None:
+        index, folder, name = request
         tap = _Tap(self.params)
-        flags = add_flags(self.params, pin=True)
-        if index == 0:  # the folder itself, the other groups' files standing in
-            name = (
-                self.tree.name
-                if _utf8(self.tree.name) and self.tree.name not in (b"", b".", b"..")
-                else b"result"
-            )
-            mine = {entry for entry, _path in group}
-            others = {entry for entry, _path in _files(self.tree)} - mine
-            added = self.client.add_tree(
-                self.tree, name, flags, tap=tap, read_size=self.params.chunk_size,
-                stand_ins=others, stand_in=self.token,
-            )  # fmt: skip
-            self._stage(0, added.get(name.decode()))
-            sent = [(entry, entry, name + path) for entry, path in group]
-        else:
-            renamed = [
-                (replace(entry, name=b"%d" % number), entry) for number, (entry, _) in enumerate(group)
-            ]
-            staging = Entry(self.token, self.tree.path, "dir", children=[part for part, _ in renamed])
-            added = self.client.add_tree(
-                staging, self.token, flags, tap=tap, read_size=self.params.chunk_size
-            )
-            self._stage(index, added.get(self.token.decode()))
-            sent = [(part, entry, self.token + b"/" + part.name) for part, entry in renamed]
-        for part, entry, reported in sent:
-            link = tap.link(part)
+        added = self.client.add_tree(
+            folder, name, add_flags(self.params, pin=True), tap=tap, read_size=self.params.chunk_size
+        )
+        folder_cid = added.get(name.decode())
+        if folder_cid is None:
+            raise IPFSPublishError(f"Kubo at {self.client.api_url} did not report the CID of an added folder")
+        self.staged[index] = folder_cid
+        for entry, path in _files(folder, name):
+            link = tap.link(entry)
             local = cid_string(link.cid)
-            made = added.get(reported.decode())
+            made = added.get(path.decode())
             if made is None or not _same(made, local):
                 raise IPFSPublishError(
                     f"Kubo at {self.client.api_url} made {made} of {entry.path}, but the {self.profile} "
                     f"profile{' with modes' if self.params.preserve_mode else ''} gives {local}: the node "
                     "applies other import settings (check its Import.* config); refusing to publish the folder"
                 )
-            self.links[entry] = link
-
-    def _stage(self, index: int, cid: str | None) -> None:
-        if cid is None:
-            raise IPFSPublishError(f"Kubo at {self.client.api_url} did not report the CID of an added folder")
-        self.staged[index] = cid
+            self.links[self.renamed.get(entry, entry)] = link
 
     def _finish(self, pin: bool) -> str:
         blocks: list[tuple[bytes, bytes]] = []
@@ -336,6 +330,24 @@ class _Streams:
             except IPFSPublishError as exc:
                 logger.warning("could not unpin %s, a folder staged while publishing: %s", cid, exc)
         self.staged.clear()
+
+
+def _streamable(tree: Entry, files: list[tuple[Entry, bytes]]) -> tuple[Entry, list[Entry]] | None:
+    """The two requests of a large result (`_carve`), or None: under STREAM_FROM bytes, a path Kubo would
+    not report as sent (not UTF-8), or too little that could be split off whole (under a quarter)."""
+    total = sum(entry.size for entry, _path in files)
+    if total < STREAM_FROM or len(files) < 2 or not all(_utf8(path) for _entry, path in files):
+        return None
+    kept, taken = _carve(tree, int(total * (1 - FIRST_SHARE)))
+    return (kept, taken) if sum(map(_bytes, taken)) >= total // 4 else None
+
+
+def _utf8(path: bytes) -> bool:
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def check_tree(tree: Entry) -> None:
@@ -391,10 +403,8 @@ def publish_folder(result_dir: Path, node: NodeSettings) -> str:
                 f"Kubo at {client.api_url} cannot store modes (add --preserve-mode came in Kubo "
                 f"{'.'.join(map(str, MODE_VERSION))}): upgrade it or turn IPFSNode.preserve_mode off"
             )
-        files = _files(tree)
-        if len(files) > 1 and sum(entry.size for entry, _path in files) >= STREAM_FROM:
-            groups = _split(files, STREAMS)
-            return _Streams(client, tree, params, node.cid_profile).publish(groups, node.pin)
+        if (split := _streamable(tree, _files(tree))) is not None:
+            return _Streams(client, tree, params, node.cid_profile).publish(*split, node.pin)
         applied = node_import_params(client, params, version)
         if shape_cid(tree, params) == shape_cid(tree, applied):
             return _publish_by_add(client, tree, params, node.cid_profile, node.pin)
