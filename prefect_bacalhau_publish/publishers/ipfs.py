@@ -17,7 +17,7 @@ A larger folder goes up as two add requests at once (`_Streams`): Kubo imports o
 goroutine, so one request leaves a core idle. The folders are then built locally (the profile's, whatever
 the node's config) and the root pinned with `pin update`; this needs `/api/v0/dag/import`, `/pin/update`,
 `/pin/ls` and `/pin/rm` besides `/add`. Measured on 2 cores with a 1 GiB folder: one request took 1.03-1.08×
-the time of `ipfs add -r`, two took 0.90-0.94× (bench/results/2026-12-02-ipfs-streams.md).
+the time of `ipfs add -r`, two take 0.86-0.91× (bench/results/2026-12-02-ipfs-streams.md).
 """
 
 from __future__ import annotations
