@@ -68,8 +68,12 @@ def cli_add(repo: Path, target: Path, params: ImportParams) -> str:
     )  # fmt: skip
 
 
+def recursive_pins(repo: Path) -> set[str]:
+    return set(ipfs(repo, "pin", "ls", "--type=recursive", "-q").split())
+
+
 def pinned(repo: Path, cid: str) -> bool:
-    return cid in ipfs(repo, "pin", "ls", "--type=recursive", "-q").split()
+    return cid in recursive_pins(repo)
 
 
 def listing(root: Path) -> dict[str, tuple[str, bytes | str]]:

@@ -39,13 +39,9 @@ from prefect_bacalhau_publish.sources.ipfs import fetch_cid
 from prefect_bacalhau_publish.testing import KuboServer
 
 from .test_ipfs_modes import make_moded, mode_add
-from .test_ipfs_publish import cli_add, delete_after_scan, ipfs, listing, make_results
+from .test_ipfs_publish import cli_add, delete_after_scan, ipfs, listing, make_results, recursive_pins
 
 MiB = 1024 * 1024
-
-
-def recursive_pins(repo: Path) -> set[str]:
-    return set(ipfs(repo, "pin", "ls", "--type=recursive", "-q").split())
 
 
 @pytest.fixture()

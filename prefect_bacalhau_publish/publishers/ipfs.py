@@ -158,12 +158,26 @@ def _publish_by_add(client: KuboClient, tree: Entry, params: ImportParams, profi
     )
     local = cid_string(build_tree(tree, params, tap.link).cid)
     if not _same(node_cid, local):
-        raise IPFSPublishError(
-            f"Kubo at {client.api_url} made {node_cid} of {tree.path}, but the {profile} profile"
-            f"{' with modes' if params.preserve_mode else ''} gives {local}: the node applies other import settings (check its Import.* config); "
-            f"refusing to publish {node_cid}" + (" (the node keeps it pinned)" if pin else "")
-        )
+        refusal = f"refusing to publish {node_cid}" + (" (the node keeps it pinned)" if pin else "")
+        raise _mismatch(client, node_cid, tree.path, profile, params, local, refusal)
     return local
+
+
+def _mismatch(
+    client: KuboClient,
+    made: str | None,
+    path: Path,
+    profile: str,
+    params: ImportParams,
+    local: str,
+    refusal: str,
+) -> IPFSPublishError:
+    """The node made another CID of `path` than the profile gives."""
+    return IPFSPublishError(
+        f"Kubo at {client.api_url} made {made} of {path}, but the {profile} profile"
+        f"{' with modes' if params.preserve_mode else ''} gives {local}: the node applies other import settings "
+        f"(check its Import.* config); {refusal}"
+    )
 
 
 def _car_stream(tree: Entry, params: ImportParams, root: Link) -> Iterator[bytes]:
@@ -211,6 +225,7 @@ def _files(tree: Entry, prefix: bytes = b"") -> list[tuple[Entry, bytes]]:
 
 
 def _bytes(entry: Entry) -> int:
+    """The bytes of the files of `entry` (a file's own size; none for a symlink)."""
     return sum(file.size for file, _path in _files(entry))
 
 
@@ -231,7 +246,7 @@ def _carve(tree: Entry, wanted: int) -> tuple[Entry, list[Entry]]:
             if wanted <= 0:
                 break
             child = kept[index]
-            size = _bytes(child) if child.kind == "dir" else child.size
+            size = _bytes(child)
             if size <= wanted:
                 taken.append(child)
                 wanted -= size
@@ -295,11 +310,8 @@ class _Streams:
             local = cid_string(link.cid)
             made = added.get(path.decode())
             if made is None or not _same(made, local):
-                raise IPFSPublishError(
-                    f"Kubo at {self.client.api_url} made {made} of {entry.path}, but the {self.profile} "
-                    f"profile{' with modes' if self.params.preserve_mode else ''} gives {local}: the node "
-                    "applies other import settings (check its Import.* config); refusing to publish the folder"
-                )
+                refusal = "refusing to publish the folder"
+                raise _mismatch(self.client, made, entry.path, self.profile, self.params, local, refusal)
             self.links[self.renamed.get(entry, entry)] = link
 
     def _finish(self, pin: bool) -> str:
