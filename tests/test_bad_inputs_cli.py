@@ -31,7 +31,7 @@ from prefect_bacalhau_publish.blocks import LocalResultServer
 from prefect_bacalhau_publish.publishers import publish_to
 from prefect_bacalhau_publish.server import running_server
 from prefect_bacalhau_publish.specs import ExecutionContext, PublisherSpec
-from prefect_bacalhau_publish.testing import MinioServer
+from prefect_bacalhau_publish.testing import MinioServer, free_port
 
 EXE = Path(sys.executable).with_name("prefect-bacalhau")
 TIMEOUT = 120
@@ -105,6 +105,13 @@ TABLE = [
       id="publish-unknown-placeholder-warns"),
     P(Row("get @bare@ -o out", 1, r"^error: S3 endpoint '127\.0\.0\.1:\d+' has no scheme: write http://127\.0\.0\.1:"),
       id="get-endpoint-without-scheme"),
+    # `-p ipfs` starts its upload before the spec models load: refusals as on the other paths
+    P(Row("publish no-such -p ipfs --ipfs-api /ip4/127.0.0.1/tcp/@closed@", 1,
+          r"^error: result folder no-such does not exist or is not a folder$", 3), id="publish-ipfs-missing-folder"),
+    P(Row("publish afile -p IPFS --ipfs-api /ip4/127.0.0.1/tcp/@closed@", 1,
+          r"^error: result folder afile does not exist or is not a folder$", 3), id="publish-ipfs-folder-is-a-file"),
+    P(Row("publish res -p ipfs --ipfs-api /ip4/127.0.0.1/tcp/@closed@", 1,
+          r"^error: cannot reach the Kubo RPC API at http://127\.0\.0\.1:\d+: .*is the Kubo daemon running\?$", 3), id="publish-ipfs-unreachable"),
     # 5. usage errors: exit 2, one line too
     P(Row("serve --port abc", 2, r"^error: Invalid value for --port"), id="usage-bad-int"),
     P(Row("frobnicate", 2, r'^error: Unknown command "frobnicate"'), id="usage-unknown-command"),
@@ -203,6 +210,8 @@ def _values(request: pytest.FixtureRequest, text: str, root: Path, env: dict[str
         values["@served@"] = "served.json"
     if "@busy@" in text:
         values["@busy@"] = str(request.getfixturevalue("busy_port"))
+    if "@closed@" in text:
+        values["@closed@"] = str(free_port())  # nothing listens there: the connection is refused
     if "@readonly@" in text:
         # Root ignores permission bits, so for root the unwritable parent is /proc, where nobody can create
         # a file (a read-only bind mount or tmpfs is not available in the test environment).

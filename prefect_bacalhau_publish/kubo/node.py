@@ -7,9 +7,10 @@ the CLI and library calls made without a block (importing Prefect would add abou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import SecretStr
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 __all__ = ["KuboNode", "NodeSettings", "multiaddr_to_url"]
 

@@ -7,13 +7,21 @@ the whole publish against the folder's size (`transfer.metered`).
 from __future__ import annotations
 
 import importlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..specs import ExecutionContext, PublishedResult, PublisherSpec
-from ..transfer import location, metered, tree_size
+from ..progress import listening, submit
+from ..transfer import Transfer, location, metered, tree_size
 
-__all__ = ["Publisher", "get_publisher"]
+if TYPE_CHECKING:
+    from ..kubo.node import NodeSettings
+    from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+
+__all__ = ["Publisher", "get_publisher", "publish_to", "publish_to_ipfs"]
 
 
 class Publisher(Protocol):
@@ -44,17 +52,51 @@ def publish_to(
     local: Any = None,
 ) -> PublishedResult:
     """Publish with the publisher for `spec.type`, handing it the matching block; metered (`transfer`)."""
+    target = {"s3": s3, "ipfs": ipfs, "local": local}[spec.type]
+    with _metered(result_dir, lambda: _destination(spec, context, target)) as transfer:
+        result = get_publisher(spec.type)(result_dir, spec, context, target)
+        transfer.target = location(result.params)
+    return result
+
+
+def publish_to_ipfs(
+    result_dir: Path, node: NodeSettings | None = None, *, meanwhile: Callable[[], object] | None = None
+) -> PublishedResult:
+    """`publish_to` with the `ipfs` spec (it has no params), whose upload starts before the spec models load.
+
+    For a fresh process such as the CLI's `publish -p ipfs`: pydantic and the models take about 0.13 s to
+    import, which here pass while the node takes the bytes (from the first bytes read), not before it gets
+    any; so does `meanwhile`, run in the caller's thread (the CLI imports what prints the answer).
+    """
+    from ..kubo.node import KuboNode
+    from .ipfs import publish_folder, published
+
+    with _metered(result_dir, lambda: "ipfs") as transfer:
+        with ThreadPoolExecutor(1, thread_name_prefix="ipfs-publish") as pool:
+            sending = threading.Event()  # set by the first bytes read, so imports do not delay the scan
+            with listening(lambda nbytes: sending.set()):
+                cid = submit(pool, publish_folder, result_dir, node if node is not None else KuboNode())
+            cid.add_done_callback(lambda future: sending.set())
+            sending.wait()
+            importlib.import_module("..specs", __name__)
+            if meanwhile is not None:
+                meanwhile()
+            result = published(cid.result())
+        transfer.target = location(result.params)
+    return result
+
+
+@contextmanager
+def _metered(result_dir: Path, destination: Callable[[], str]) -> Iterator[Transfer]:
+    """`transfer.metered` over the folder's file bytes (known up front); a missing folder is refused first."""
     if not result_dir.is_dir():
         from ..errors import PublishError
 
         raise PublishError(f"result folder {result_dir} does not exist or is not a folder")
-    target = {"s3": s3, "ipfs": ipfs, "local": local}[spec.type]
-    files, size = tree_size(result_dir)  # a publish moves the folder's file bytes: the total, known up front
-    with metered("published", "to", _destination(spec, context, target), total=size) as transfer:
+    files, size = tree_size(result_dir)
+    with metered("published", "to", destination(), total=size) as transfer:
         transfer.files = files
-        result = get_publisher(spec.type)(result_dir, spec, context, target)
-        transfer.target = location(result.params)
-    return result
+        yield transfer
 
 
 def _destination(spec: PublisherSpec, context: ExecutionContext, target: Any) -> str:

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import IPFSPublishError
 from ..kubo.car import encode_frame, encode_header
@@ -53,10 +53,12 @@ from ..kubo.unixfs import (
     shape_cid,
 )
 from ..progress import advance
-from ..specs import ExecutionContext, PublishedResult, PublisherSpec
 from ..workers import for_each
 
-__all__ = ["node_import_params", "publish", "publish_folder"]
+if TYPE_CHECKING:  # the spec models load after the upload starts on the CLI's `-p ipfs` (cli.publish)
+    from ..specs import ExecutionContext, PublishedResult, PublisherSpec
+
+__all__ = ["node_import_params", "publish", "publish_folder", "published"]
 
 logger = logging.getLogger(__name__)
 
@@ -325,10 +327,10 @@ class _Streams:
                 yield encode_frame(cid, block)
 
         self.client.dag_import(car(), pin=False)
-        if pin and self.client.pin_type(local) != "recursive":
+        if pin:
             try:
                 self.client.pin_update(self.staged[0], local)
-            except IPFSPublishError:  # the same result, published by another task at the same time?
+            except IPFSPublishError:  # Kubo refuses a root pinned already: published before, or at once
                 if self.client.pin_type(local) != "recursive":
                     raise
             else:
@@ -436,5 +438,11 @@ def publish(
     """Publish `result_dir` to IPFS: `{"Type": "ipfs", "Params": {"CID": ...}}`, pinned when `target.pin`."""
     if spec.type != "ipfs":
         raise IPFSPublishError(f"invalid publisher type. expected ipfs, but received: {spec.type}")
-    cid = publish_folder(Path(result_dir), target if target is not None else KuboNode())
+    return published(publish_folder(Path(result_dir), target if target is not None else KuboNode()))
+
+
+def published(cid: str) -> PublishedResult:
+    """The published result spec of a root CID: `{"Type": "ipfs", "Params": {"CID": cid}}`."""
+    from ..specs import PublishedResult
+
     return PublishedResult.model_validate({"Type": "ipfs", "Params": {"CID": cid}})
