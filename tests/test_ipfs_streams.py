@@ -2,7 +2,7 @@
 
 About half of the bytes, as whole files and folders, go up in a second request beside the folder's own; each
 file's CID is checked against the local import, the folders and symlinks are built locally and imported as
-one CAR, and `pin update` pins the root. What the node ends with must be what
+one CAR, and the root block is put with a recursive pin (as `add` pins its root, nothing read back). What the node ends with must be what
 `ipfs add -r` gives: the same CID (with either profile, with modes, whatever the node's sharding config),
 the root pinned recursively (or not at all) and no other pin left behind.
 """
@@ -111,6 +111,43 @@ def sharding_kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def gc_kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboServer]:
+    """A Kubo of this module's own, whose garbage collection removes nothing another test relies on."""
+    server = KuboServer(tmp_path_factory.mktemp("gc-kubo") / "repo")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("small_threshold")
+@pytest.mark.parametrize("profile", ["unixfs-v1-2025", "unixfs-v0-2015"])
+def test_the_root_pin_holds_the_whole_dag_through_garbage_collection(
+    gc_kubo: KuboServer, adds: list[str], tmp_path: Path, profile: str
+) -> None:
+    """The root is pinned without Kubo reading its DAG (`block put --pin`, as `add` pins its root), so
+    the DAG must be whole on its own: after the staged pins are gone and `repo gc` has run, Kubo verifies
+    the pin and the result comes back from the node alone."""
+    results = make_results(tmp_path / "results", "nested")
+    (results / "outputs" / "second.bin").write_bytes(os.urandom(3 * MiB + 1))
+    node = IPFSNode(api_address=gc_kubo.api_url, cid_profile=profile)
+    before = recursive_pins(gc_kubo.repo_dir)  # `ipfs init` pins the empty folder
+    cid = publish_folder(results, node)
+    assert len(adds) == 2
+    assert recursive_pins(gc_kubo.repo_dir) - before == {cid}
+    ipfs(gc_kubo.repo_dir, "repo", "gc", "--quiet")
+    verified = ipfs(gc_kubo.repo_dir, "pin", "verify", "--verbose").splitlines()
+    assert f"{cid} ok" in verified and all(line.endswith(" ok") for line in verified), verified
+    blocks = json.loads(ipfs(gc_kubo.repo_dir, "dag", "stat", "--progress=false", "--enc=json", cid))
+    assert blocks["DagStats"][0]["NumBlocks"] > 4
+    dest = tmp_path / "fetched"
+    fetch_cid(cid, dest, node)
+    assert listing(dest) == listing(results)
+    assert cid == import_path(results, PROFILES[profile])
 
 
 @pytest.mark.usefixtures("small_threshold")
@@ -255,8 +292,8 @@ def _tree(name: bytes, spec: dict[str, Any]) -> Entry:
     ],
 )
 def test_carving_takes_whole_entries_after_at_most_one_carved_folder(spec: dict[str, Any]) -> None:
-    """What `pin update` needs to pair the two folders' links: in each folder, at most one sub-folder is
-    carved, everything taken from that folder sorts after it, and files are neither lost nor doubled."""
+    """In each folder, at most one sub-folder is carved, everything taken from that folder sorts after it
+    (a suffix of the name order), and files are neither lost nor doubled."""
     tree = _tree(b"result", spec)
     total = sum(entry.size for entry, _path in ipfs_publisher._files(tree))
     kept, taken = ipfs_publisher._carve(tree, total // 2)

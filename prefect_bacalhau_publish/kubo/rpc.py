@@ -330,17 +330,9 @@ class KuboClient:
         if not isinstance(pins, list) or not pins:
             raise self._error(f"Kubo at {self.api_url} did not confirm the pin of {cid}")
 
-    def pin_update(self, old: str, new: str) -> None:
-        """Move the recursive pin of `old` to `new` (`pin update --unpin`): Kubo reads only the blocks of
-        `new` that `old` does not link to at the same place, where `pin add` would read them all."""
-        answer = self._json("/pin/update", {"arg": [old, new], "unpin": "true"})
-        pins = answer.get("Pins") if isinstance(answer, dict) else None
-        if not isinstance(pins, list) or not pins:
-            raise self._error(f"Kubo at {self.api_url} did not confirm the pin of {new}")
-
-    def pin_rm(self, cid: str) -> None:
-        """Remove the recursive pin of `cid`."""
-        self._json("/pin/rm", {"arg": cid, "recursive": "true"})
+    def pin_rm(self, *cids: str) -> None:
+        """Remove the recursive pins of `cids` (one request)."""
+        self._json("/pin/rm", {"arg": list(cids), "recursive": "true"})
 
     def dag_import(self, car: Iterable[bytes], *, pin: bool) -> list[str]:
         """Import a CAR stream (one multipart file); with `pin`, pins and returns the header's roots.
@@ -410,12 +402,21 @@ class KuboClient:
             return False
         return True
 
-    def put_raw_block(self, data: bytes) -> str:
-        """Store `data` as one raw sha2-256 block, not pinned; returns the block's CID as the node reports it."""
+    def put_block(self, data: bytes, *, dag_pb: int | None = None, pin: bool = False) -> str:
+        """Store `data` as one sha2-256 block; returns its CID as the node reports it.
+
+        A raw block, or with `dag_pb` (0 or 1) a dag-pb node under a CIDv0 or v1. With `pin`, Kubo pins it
+        recursively without reading the DAG under it, as `add` pins the root it made: the caller vouches
+        that the node holds every block of that DAG.
+        """
         boundary = uuid.uuid4().hex
         body = _part_header(boundary, b"block", "application/octet-stream") + data
         body += f"\r\n--{boundary}--\r\n".encode("ascii")
-        params = {"cid-codec": "raw", "mhtype": "sha2-256", "pin": "false", "allow-big-block": "false"}
+        params = {"mhtype": "sha2-256", "pin": "true" if pin else "false", "allow-big-block": "false"}
+        if dag_pb == 0:
+            params["format"] = "v0"  # the only way to a CIDv0 (`--cid-codec` makes CIDv1)
+        else:
+            params["cid-codec"] = "raw" if dag_pb is None else "dag-pb"
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         with self._stream("/block/put", params, content=body, headers=headers) as response:
             items = list(self._ndjson(response, "/block/put"))

@@ -15,9 +15,9 @@ sends it through `/api/v0/dag/import` instead: the published CID is always the p
 
 A larger folder goes up as two add requests at once (`_Streams`): Kubo imports one request in one
 goroutine, so one request leaves a core idle. The folders are then built locally (the profile's, whatever
-the node's config) and the root pinned with `pin update`; this needs `/api/v0/dag/import`, `/pin/update`,
-`/pin/ls` and `/pin/rm` besides `/add`. Measured on 2 cores with a 1 GiB folder: one request took 1.03-1.08×
-the time of `ipfs add -r`, two take 0.86-0.91× (bench/results/2026-12-02-ipfs-streams.md).
+the node's config), imported, and the root block put with a recursive pin; this needs `/api/v0/dag/import`,
+`/block/put` and `/pin/rm` besides `/add`. Measured on 2 cores with a 1 GiB folder: one request took
+1.03-1.08× the time of `ipfs add -r`, two take 0.86-0.91× (bench/results/2026-12-02-ipfs-streams.md).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _publish_by_car(client: KuboClient, tree: Entry, params: ImportParams, pin: 
 
 
 FIRST_SHARE = 0.5
-"""The share of the bytes sent with the folder itself; Kubo reads the rest back once to pin the root."""
+"""The share of the bytes sent with the folder itself; the rest go in the second request."""
 STREAM_FROM = 64 * 1024 * 1024
 """Results with at least this many bytes of files (and two files or more) are sent in two requests."""
 
@@ -235,10 +235,8 @@ def _carve(tree: Entry, wanted: int) -> tuple[Entry, list[Entry]]:
     """Split off whole files and folders worth about `wanted` bytes: (the folder without them, them).
 
     In each folder, entries are taken from the end of the name order; one that is too big is kept, or,
-    if it is a folder, is carved in turn and ends the folder's turn. So each folder keeps at most one
-    carved sub-folder, and what was taken from it comes after that sub-folder by name: the order in which
-    `pin update` pairs the two folders' differing links, which then lines up, and what was taken is walked
-    whole (`DiffEnumerate`)."""
+    if it is a folder, is carved in turn and ends the folder's turn: each folder keeps at most one carved
+    sub-folder, and what was taken from it comes after that sub-folder by name."""
     taken: list[Entry] = []
 
     def carve(folder: Entry) -> Entry:
@@ -262,14 +260,16 @@ def _carve(tree: Entry, wanted: int) -> tuple[Entry, list[Entry]]:
 
 
 class _Streams:
-    """A large folder sent as two add requests at once, pinned without Kubo reading every block again.
+    """A large folder sent as two add requests at once, pinned without Kubo reading a block back.
 
     About half of the bytes, as whole files and folders (`_carve`), go up in a second request under
     throwaway names; the first sends the folder without them. Both requests are pinned by their own `add`
-    (Kubo's cheap pin, nothing read back), each file's CID is checked against the local one, the folders
-    and symlinks are built locally and imported as one CAR, and `pin update` moves the first request's pin
-    to the root: Kubo then reads back only the second request's files, where `pin add` or `dag import`
-    would read the whole result again. The throwaway pin is removed whatever happens.
+    (the pin `add` makes, nothing read back), each file's CID is checked against the local one, the folders
+    and symlinks are built locally and imported as one CAR, and the root block is put again with `pin`:
+    Kubo pins it recursively as `add` pins its root, without walking the DAG, which is whole by then.
+    `pin update` from the first request's pin read back the second's blocks: 0.2-0.4 s per GiB, a tenth of
+    the publish; `pin add` or `dag import --pin-roots` read them all. The throwaway pins are removed
+    whatever happens.
     """
 
     def __init__(self, client: KuboClient, tree: Entry, params: ImportParams, profile: str) -> None:
@@ -328,22 +328,27 @@ class _Streams:
 
         self.client.dag_import(car(), pin=False)
         if pin:
-            try:
-                self.client.pin_update(self.staged[0], local)
-            except IPFSPublishError:  # Kubo refuses a root pinned already: published before, or at once
-                if self.client.pin_type(local) != "recursive":
-                    raise
-            else:
-                del self.staged[0]
+            # Pinned as `add` pins its root, without Kubo reading the DAG again: every file under it came from
+            # one of the two adds with its CID checked, and every folder block was just imported.
+            block = next(block for cid, block in blocks if cid == root.cid)
+            made = self.client.put_block(block, dag_pb=self.params.cid_version, pin=True)
+            if not _same(made, local):
+                raise IPFSPublishError(
+                    f"Kubo at {self.client.api_url} stored the root as {made}, not {local}"
+                )
         return local
 
     def _unstage(self) -> None:
-        for cid in self.staged.values():
-            try:
-                self.client.pin_rm(cid)
-            except IPFSPublishError as exc:
-                logger.warning("could not unpin %s, a folder staged while publishing: %s", cid, exc)
+        cids = list(self.staged.values())
         self.staged.clear()
+        try:
+            self.client.pin_rm(*cids)  # one request; Kubo stops at a CID it cannot unpin
+        except IPFSPublishError:
+            for cid in cids:
+                try:
+                    self.client.pin_rm(cid)
+                except IPFSPublishError as exc:
+                    logger.warning("could not unpin %s, a folder staged while publishing: %s", cid, exc)
 
 
 def _streamable(tree: Entry, files: list[tuple[Entry, bytes]]) -> tuple[Entry, list[Entry]] | None:

@@ -51,7 +51,7 @@ def _seed_empty_block(client: KuboClient) -> None:
     if client.has_block(EMPTY_BLOCK):
         return
     try:
-        stored = client.put_raw_block(b"")
+        stored = client.put_block(b"")
     except FetchError as exc:
         logger.debug("the empty block was not stored on %s: %s", client.api_url, exc)
         return
