@@ -181,22 +181,45 @@ def _merge(parts: list[Path], dest: Path) -> None:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str], None]]:
-    """A Rich progress line on stderr counting the bytes transferred; yields a function to relabel it.
+    """A Rich progress line on stderr: the bytes transferred, against their total and with the time left
+    once the transfer knows it; yields a function that starts the line over under a new label, as `get`
+    does for each result.
 
     Only on a terminal: elsewhere Rich would leave an empty line in the log or pipe.
     """
     if not _stderr_is_terminal():
         yield lambda label: None
         return
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     from .progress import listening
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=_console(True), transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-        with listening(lambda nbytes: bar.advance(task, nbytes)):
-            yield lambda label: bar.update(task, description=label)
+        task = [bar.add_task("starting", total=None)]
+
+        def start_over(label: str) -> None:  # between transfers, never during one
+            bar.remove_task(task[0])
+            task[0] = bar.add_task(label, total=None)
+
+        with listening(
+            lambda nbytes: bar.advance(task[0], nbytes),
+            expected=lambda total: bar.update(task[0], total=total),
+        ):
+            yield start_over
 
 
 @app.command

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from .progress import listening
+from .progress import expect, listening
 
 __all__ = [
     "INTERVAL",
@@ -297,6 +297,8 @@ def metered(
     meter = Meter(lambda total: transfer.label(total), board=board)
     transfer = Transfer(verb, preposition, target, meter)
     started = time.perf_counter()
+    if total is not None:
+        expect(total)  # whoever watches this context (the CLI's progress line) learns the total too
     with listening(meter.advance, expected=meter.expect):
         if total is not None:
             meter.expect(total)

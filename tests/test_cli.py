@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefect_bacalhau_publish.testing import MinioServer
+from prefect_bacalhau_publish.testing import KuboServer, MinioServer
 
 from .test_s3 import tree
 
@@ -242,3 +243,29 @@ def test_prune_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
     done = cli("prune", "--storage-dir", str(tmp_path / "nope"), "--max-age-hours", "1")
     assert done.returncode == 1
     assert "does not exist or is not a folder: check --storage-dir" in done.stderr
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_progress_line_on_a_terminal_counts_up_to_the_total(
+    result_dir: Path, kubo: KuboServer, tmp_path: Path
+) -> None:
+    """On a terminal (`TTY_COMPATIBLE=1`: Rich's switch, as a pty would be), publish and get draw a progress
+    line that knows the transfer's total, so it can show the time left, and ends at it."""
+    (result_dir / "outputs" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    terminal = {"TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+    done = cli("publish", str(result_dir), "-p", "ipfs", "--ipfs-api", kubo.api_url, env=terminal)
+    assert done.returncode == 0, done.stderr
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(_ANSI.sub("", done.stdout))
+    lines = _ANSI.sub("", done.stderr).replace("\r", "\n").splitlines()
+    drawn = [line for line in lines if "publishing" in line and " MB " in line]
+    assert drawn and re.search(r" ([\d.]+)/\1 MB ", drawn[-1]), lines  # ends at its total, e.g. 3.1/3.1 MB
+    assert all("/?" not in line for line in drawn), drawn
+    done = cli("get", str(spec_file), "-o", str(tmp_path / "got"), "--ipfs-api", kubo.api_url, env=terminal)
+    assert done.returncode == 0, done.stderr
+    lines = _ANSI.sub("", done.stderr).replace("\r", "\n").splitlines()
+    drawn = [line for line in lines if "result 1/1 (ipfs)" in line and " MB " in line]
+    assert drawn and re.search(r" ([\d.]+)/\1 MB ", drawn[-1]), lines
+    assert tree(tmp_path / "got") == tree(result_dir)
