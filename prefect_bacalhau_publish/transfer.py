@@ -297,11 +297,9 @@ def metered(
     meter = Meter(lambda total: transfer.label(total), board=board)
     transfer = Transfer(verb, preposition, target, meter)
     started = time.perf_counter()
-    if total is not None:
-        expect(total)  # whoever watches this context (the CLI's progress line) learns the total too
     with listening(meter.advance, expected=meter.expect):
         if total is not None:
-            meter.expect(total)
+            expect(total)  # the meter and whoever else watches this context (the CLI's progress line)
         try:
             yield transfer
         except BaseException:

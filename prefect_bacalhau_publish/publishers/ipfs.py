@@ -341,6 +341,8 @@ class _Streams:
     def _unstage(self) -> None:
         cids = list(self.staged.values())
         self.staged.clear()
+        if not cids:  # no add finished: nothing was pinned
+            return
         try:
             self.client.pin_rm(*cids)  # one request; Kubo stops at a CID it cannot unpin
         except IPFSPublishError:
